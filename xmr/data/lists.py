@@ -1,0 +1,802 @@
+"""Candidate lists: the paper's hard-negative mining, in both directions and every split.
+
+A *list* is one query with L candidates from the other modality of the same split:
+
+- ``t2i`` (caption query -> images): the positive is the caption's image.
+- ``i2t`` (image query -> captions): the positives are captions of the query image.
+
+Relevance (the only label level): a caption is relevant to an image iff it describes it, i.e.
+``store.text_image[caption] == image``.
+
+Mining, per query (paper, "Hard-negative lists"):
+
+1. Draw ``pool`` candidates uniformly at random without replacement from the other modality in the
+   query's split, *excluding every item relevant to the query* (in ``i2t`` all captions of the query
+   image, so a sibling caption is never a negative). When fewer than ``pool`` negatives exist, the
+   whole set is the pool (counted in the stats as ``short_pools``).
+2. Keep the ``hard`` pool members of highest cosine with the query (``strategy="hard"``, needs a
+   ``joint_space`` store) or ``hard`` random ones (``strategy="random"``, any store).
+3. Add the positive(s), then shuffle each list so the positive has no fixed slot.
+
+Lists of one file share the length L = ``hard`` + the largest number of positives; shorter lists
+(fewer captions, short pools) are padded at the end with candidate id -1 and label 0.
+
+Query and positive selection (seeded, documented choice):
+
+- ``t2i_captions_per_image``: an int k -> k captions per image, drawn at random (seeded) among its
+  captions (all of them when it has at most k); ``"all"`` -> every caption is a query. The paper
+  uses 1 (one query per image).
+- ``i2t_positives``: an int k -> k random (seeded) captions of the query image are added as
+  positives; ``"all"`` -> all its captions. The captions not added are still excluded from the
+  pool: they are relevant and never appear as negatives.
+- Images without any caption make no i2t query (counted as ``queries_skipped``); they remain valid
+  t2i negatives.
+
+Determinism: the output is a function of the store, the parameters and ``seed`` only (bytes
+identical across runs; the ``.npz`` files are written with fixed zip timestamps). Randomness is
+drawn from ``numpy.random.default_rng([seed, direction, split, stage, block])`` for fixed blocks of
+``RNG_BLOCK`` queries, so results do not depend on how the computation is chunked, but they do
+depend on the constant ``RNG_BLOCK`` (recorded in ``lists.json`` as ``params.rng_block``).
+
+Output: a directory with ``{t2i,i2t}_{train,val,test}.npz`` (``queries`` (Q,) int64,
+``candidates`` (Q, L) int64, ``labels`` (Q, L) uint8) and ``lists.json`` (format ``xmr-lists/1``),
+written into a temporary sibling and renamed into place (``lists.json`` last).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import torch
+
+from xmr.data.store import SPLITS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from xmr.data.store import FeatureStore
+
+LISTS_FORMAT = "xmr-lists/1"
+DIRECTIONS: tuple[str, ...] = ("t2i", "i2t")
+SPLIT_CODES: dict[str, int] = dict(SPLITS)
+STRATEGIES: tuple[str, ...] = ("hard", "random")
+RNG_BLOCK = 256  # queries per RNG stream (and per compute chunk); part of the output's definition
+_DIRECTION_CODES = {"t2i": 0, "i2t": 1}
+_STAGE_SELECT, _STAGE_POOL = 0, 1
+# Pools are drawn by rejection of duplicates when every query has more than this many times
+# `pool` negatives; otherwise by the k smallest of per-candidate random keys (exact, O(B * n)).
+_REJECTION_FACTOR = 4
+
+
+class ListsError(ValueError):
+    """Invalid candidate lists or mining parameters; the message names the file and the rule."""
+
+
+@dataclass(frozen=True)
+class CandidateLists:
+    """One (direction, split) file of candidate lists.
+
+    Attributes:
+        queries: (Q,) int64 — caption ids (t2i) or image ids (i2t).
+        candidates: (Q, L) int64 — image ids (t2i) or caption ids (i2t); -1 = padding.
+        labels: (Q, L) uint8 — 1 relevant, 0 not (0 at padding).
+        direction: "t2i" or "i2t".
+        split: "train", "val" or "test".
+    """
+
+    queries: np.ndarray
+    candidates: np.ndarray
+    labels: np.ndarray
+    direction: str
+    split: str
+
+    @property
+    def num_lists(self) -> int:
+        return int(self.queries.shape[0])
+
+    @property
+    def list_length(self) -> int:
+        return int(self.candidates.shape[1])
+
+    @property
+    def mask(self) -> np.ndarray:
+        """(Q, L) bool — True for a real candidate, False for padding."""
+        return self.candidates >= 0
+
+
+def lists_filename(direction: str, split: str) -> str:
+    """File name of one (direction, split) inside a lists directory, e.g. ``t2i_train.npz``."""
+    return f"{direction}_{split}.npz"
+
+
+# --------------------------------------------------------------------------------------------
+# Array-level core
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MiningProblem:
+    """One (direction, split) mining task, in *local* candidate indices.
+
+    The candidates are ordered so that the items relevant to each query form one contiguous block
+    ``[excl_start[q], excl_start[q] + excl_count[q])``; that block is excluded from the pool.
+
+    Attributes:
+        query_ids: (Q,) int64 global ids of the queries.
+        cand_ids: (M,) int64 global ids of the candidates, in local order.
+        excl_start: (Q,) int64 first local index of the query's relevant block.
+        excl_count: (Q,) int64 size of that block (>= number of positives added).
+        positives: (Q, P) int64 local indices of the positives added to each list; -1 = none.
+        query_emb: (Q, D) float32 unit rows, or None (random strategy).
+        cand_emb: (M, D) float32 unit rows, or None (random strategy).
+    """
+
+    query_ids: np.ndarray
+    cand_ids: np.ndarray
+    excl_start: np.ndarray
+    excl_count: np.ndarray
+    positives: np.ndarray
+    query_emb: np.ndarray | None = None
+    cand_emb: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class MinedArrays:
+    """Result of :func:`mine_arrays`.
+
+    Attributes:
+        candidates: (Q, L) int64 global candidate ids, -1 = padding (always at the end of a row).
+        labels: (Q, L) uint8.
+        n_available: (Q,) int64 number of negatives each query could draw from.
+        n_pool: (Q,) int64 size of each query's pool (min(pool, n_available)).
+    """
+
+    candidates: np.ndarray
+    labels: np.ndarray
+    n_available: np.ndarray
+    n_pool: np.ndarray
+
+
+def sample_pools(rng: np.random.Generator, n_available: np.ndarray, pool: int) -> np.ndarray:
+    """Sample, per row, ``min(pool, n_available[b])`` distinct integers from ``[0, n_available[b])``.
+
+    Each row's set is uniform over the subsets of that size, and so is the set of its first k
+    entries for any k (both samplers are equivariant under relabelling the integers).
+
+    Args:
+        rng: the generator (consumed deterministically).
+        n_available: (B,) int64 size of each row's range.
+        pool: number of draws per row.
+
+    Returns:
+        (B, pool) int64; the valid entries come first in each row, -1 fills rows with a short range.
+    """
+    n_available = np.asarray(n_available, dtype=np.int64)
+    b = n_available.shape[0]
+    if b == 0:
+        return np.zeros((0, pool), dtype=np.int64)
+    if int(n_available.min()) > _REJECTION_FACTOR * pool:
+        # i.i.d. draws, then redraw the later copy of every duplicate until a row is distinct.
+        n_col = n_available[:, None]
+        draws = np.floor(rng.random((b, pool)) * n_col).astype(np.int64)  # (B, pool)
+        np.minimum(draws, n_col - 1, out=draws)
+        while True:
+            order = np.argsort(draws, axis=1, kind="stable")
+            srt = np.take_along_axis(draws, order, axis=1)
+            rows, cols = np.nonzero(srt[:, 1:] == srt[:, :-1])
+            if rows.size == 0:
+                return draws
+            pos = order[rows, cols + 1]
+            new = np.floor(rng.random(rows.size) * n_available[rows]).astype(np.int64)
+            draws[rows, pos] = np.minimum(new, n_available[rows] - 1)
+    # Small ranges: the k smallest of i.i.d. random keys, ordered by key (exact, O(B * n_max)).
+    n_max = int(n_available.max())
+    keys = rng.random((b, n_max))  # (B, n_max)
+    keys[np.arange(n_max)[None, :] >= n_available[:, None]] = np.inf
+    k = min(pool, n_max)
+    if k < n_max:
+        idx = np.argpartition(keys, k - 1, axis=1)[:, :k]
+    else:
+        idx = np.broadcast_to(np.arange(n_max), (b, n_max)).copy()
+    sel = np.take_along_axis(keys, idx, axis=1)
+    order = np.argsort(sel, axis=1, kind="stable")
+    idx = np.take_along_axis(idx, order, axis=1)
+    idx[np.take_along_axis(sel, order, axis=1) == np.inf] = -1
+    out = np.full((b, pool), -1, dtype=np.int64)
+    out[:, :k] = idx
+    return out
+
+
+def mine_arrays(
+    problem: MiningProblem,
+    *,
+    pool: int,
+    hard: int,
+    strategy: str,
+    seed_key: Sequence[int],
+) -> MinedArrays:
+    """Mine the candidate lists of one (direction, split) problem.
+
+    Per query: pool (see :func:`sample_pools`) among the candidates outside its relevant block;
+    keep the ``hard`` highest-cosine pool members (ties: earlier pool draw first) or the first
+    ``hard`` pool draws (random strategy); append the positives; shuffle the real entries; pad.
+    Works on chunks of ``RNG_BLOCK`` queries: memory O(RNG_BLOCK * pool * D), never (Q, L, D).
+
+    Args:
+        problem: the task (see :class:`MiningProblem`).
+        pool, hard: pool size and number of negatives kept (1 <= hard <= pool).
+        strategy: "hard" (cosine; needs embeddings) or "random".
+        seed_key: ints that, with the block index, seed each block's generator.
+
+    Returns:
+        :class:`MinedArrays`.
+    """
+    if strategy not in STRATEGIES:
+        raise ListsError(f"strategy: must be one of {STRATEGIES}, got {strategy!r}")
+    if not 1 <= hard <= pool:
+        raise ListsError(f"hard/pool: need 1 <= hard <= pool, got hard={hard}, pool={pool}")
+    q = problem.query_ids.shape[0]
+    n_cand = problem.cand_ids.shape[0]
+    positives = problem.positives  # (Q, P)
+    n_pos_max = positives.shape[1]
+    n_available = n_cand - problem.excl_count  # (Q,)
+    width = hard + n_pos_max
+    cand_local = np.full((q, width), -1, dtype=np.int64)  # (Q, H + P)
+    is_pos = np.zeros((q, width), dtype=bool)
+    use_cos = strategy == "hard"
+    if use_cos:
+        if problem.query_emb is None or problem.cand_emb is None:
+            raise ListsError("strategy 'hard' needs query and candidate embeddings")
+        q_emb = torch.from_numpy(np.ascontiguousarray(problem.query_emb, dtype=np.float32))
+        c_emb = torch.from_numpy(np.ascontiguousarray(problem.cand_emb, dtype=np.float32))
+    for blk, start in enumerate(range(0, q, RNG_BLOCK)):
+        stop = min(start + RNG_BLOCK, q)
+        rng = np.random.default_rng([*seed_key, blk])
+        pools = sample_pools(rng, n_available[start:stop], pool)  # (B, pool) in [0, n_avail)
+        valid = pools >= 0
+        # Skip the relevant block: local index v >= excl_start moves up by excl_count.
+        ex_s = problem.excl_start[start:stop, None]
+        ex_c = problem.excl_count[start:stop, None]
+        pools = np.where(valid & (pools >= ex_s), pools + ex_c, pools)  # (B, pool) local ids
+        if use_cos:
+            idx = torch.from_numpy(np.where(valid, pools, 0).reshape(-1))
+            gathered = c_emb.index_select(0, idx).view(stop - start, pool, -1)  # (B, pool, D)
+            sims = torch.bmm(gathered, q_emb[start:stop].unsqueeze(-1)).squeeze(-1).numpy()
+            sims = sims.astype(np.float64)  # (B, pool)
+            del gathered
+        else:
+            sims = np.zeros(pools.shape, dtype=np.float64)
+        sims[~valid] = -np.inf
+        top = np.argsort(-sims, axis=1, kind="stable")[:, :hard]  # (B, H)
+        neg = np.take_along_axis(pools, top, axis=1)
+        neg[~np.take_along_axis(valid, top, axis=1)] = -1
+        row = np.concatenate([neg, positives[start:stop]], axis=1)  # (B, H + P)
+        pos = np.zeros(row.shape, dtype=bool)
+        pos[:, hard:] = positives[start:stop] >= 0
+        # Shuffle the real entries of each row; padding sorts to the end.
+        keys = rng.random(row.shape)
+        keys[row < 0] = 2.0
+        perm = np.argsort(keys, axis=1, kind="stable")
+        cand_local[start:stop] = np.take_along_axis(row, perm, axis=1)
+        is_pos[start:stop] = np.take_along_axis(pos, perm, axis=1)
+    real = cand_local >= 0
+    length = int(real.sum(axis=1).max()) if q else width
+    candidates = np.where(real, problem.cand_ids[np.maximum(cand_local, 0)], -1)[:, :length]
+    labels = is_pos[:, :length].astype(np.uint8)
+    if (is_pos[:, length:]).any() or real[:, length:].any():  # pragma: no cover - internal bug
+        raise AssertionError("mining: a real candidate fell into the trimmed padding")
+    return MinedArrays(
+        candidates=np.ascontiguousarray(candidates, dtype=np.int64),
+        labels=np.ascontiguousarray(labels),
+        n_available=n_available.astype(np.int64),
+        n_pool=np.minimum(n_available, pool).astype(np.int64),
+    )
+
+
+def _select_per_group(
+    group: np.ndarray, k: int | None, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random rank of each item within its group, and whether it is among the k selected.
+
+    Args:
+        group: (N,) group id of each item (any order).
+        k: items kept per group (all when None).
+
+    Returns:
+        rank (N,) int64 in [0, group size), keep (N,) bool (rank < k).
+    """
+    n = group.shape[0]
+    keys = rng.random(n)
+    order = np.lexsort((keys, group))  # by group, then by random key
+    g_sorted = group[order]
+    first = np.ones(n, dtype=bool)
+    first[1:] = g_sorted[1:] != g_sorted[:-1]
+    start_of = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n) - start_of
+    keep = np.ones(n, dtype=bool) if k is None else rank < k
+    return rank, keep
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """float32 copy with L2-normalised rows (the store's float16 rows are only nearly unit)."""
+    out = np.asarray(x, dtype=np.float32).copy()
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    out /= np.maximum(norms, 1e-12)
+    return out
+
+
+def build_problem(
+    direction: str,
+    text_image: np.ndarray,
+    image_split: np.ndarray,
+    split_code: int,
+    *,
+    t2i_captions_per_image: int | None,
+    i2t_positives: int | None,
+    rng: np.random.Generator,
+    image_emb: np.ndarray | None = None,
+    text_emb: np.ndarray | None = None,
+) -> tuple[MiningProblem, int]:
+    """Build the mining problem of one (direction, split) from the store's index arrays.
+
+    Args:
+        direction: "t2i" or "i2t".
+        text_image: (N_txt,) int64 image of each caption.
+        image_split: (N_img,) uint8 split code of each image.
+        split_code: 0 train, 1 val, 2 test.
+        t2i_captions_per_image: queries per image in t2i (None = all captions).
+        i2t_positives: positives per list in i2t (None = all captions of the image).
+        rng: generator for the seeded choice of captions.
+        image_emb, text_emb: the store's embeddings (None for the random strategy); only rows of
+            this split are read.
+
+    Returns:
+        (problem, number of images of the split that made no query because they have no caption).
+    """
+    img_ids = np.flatnonzero(image_split == split_code).astype(np.int64)  # ascending
+    txt_ids = np.flatnonzero(image_split[text_image] == split_code).astype(np.int64)
+    txt_img = text_image[txt_ids]
+    # Captions grouped by image (then by id): each image's captions are one contiguous block.
+    grouped = np.lexsort((txt_ids, txt_img))
+    txt_ids, txt_img = txt_ids[grouped], txt_img[grouped]
+    groups, g_start, g_count = np.unique(txt_img, return_index=True, return_counts=True)
+    skipped = int(img_ids.size - groups.size)
+    group_of = np.repeat(np.arange(groups.size), g_count)  # (N_txt_split,)
+    with_emb = image_emb is not None and text_emb is not None
+    if direction == "t2i":
+        _, keep = _select_per_group(group_of, t2i_captions_per_image, rng)
+        q_local = np.flatnonzero(keep)
+        q_local = q_local[np.argsort(txt_ids[q_local], kind="stable")]  # queries by caption id
+        query_ids = txt_ids[q_local]
+        img_pos = np.searchsorted(img_ids, txt_img[q_local])  # local index of each query's image
+        problem = MiningProblem(
+            query_ids=query_ids,
+            cand_ids=img_ids,
+            excl_start=img_pos.astype(np.int64),
+            excl_count=np.ones(query_ids.size, dtype=np.int64),
+            positives=img_pos.astype(np.int64)[:, None],
+            query_emb=_unit_rows(text_emb[query_ids]) if with_emb else None,
+            cand_emb=_unit_rows(image_emb[img_ids]) if with_emb else None,
+        )
+    elif direction == "i2t":
+        rank, keep = _select_per_group(group_of, i2t_positives, rng)
+        n_pos = int(g_count.max()) if i2t_positives is None else i2t_positives
+        n_pos = min(n_pos, int(g_count.max())) if groups.size else 1
+        positives = np.full((groups.size, n_pos), -1, dtype=np.int64)
+        sel = np.flatnonzero(keep)
+        positives[group_of[sel], rank[sel]] = sel  # ranks 0..k-1: real entries come first
+        problem = MiningProblem(
+            query_ids=groups.astype(np.int64),
+            cand_ids=txt_ids,
+            excl_start=g_start.astype(np.int64),
+            excl_count=g_count.astype(np.int64),
+            positives=positives,
+            query_emb=_unit_rows(image_emb[groups]) if with_emb else None,
+            cand_emb=_unit_rows(text_emb[txt_ids]) if with_emb else None,
+        )
+    else:
+        raise ListsError(f"direction: must be one of {DIRECTIONS}, got {direction!r}")
+    return problem, skipped
+
+
+# --------------------------------------------------------------------------------------------
+# Validation (used after mining and by load_lists)
+# --------------------------------------------------------------------------------------------
+
+
+def check_lists(
+    lists: CandidateLists,
+    *,
+    where: str,
+    text_image: np.ndarray | None = None,
+    image_split: np.ndarray | None = None,
+) -> None:
+    """Check every invariant of one lists file; raise :class:`ListsError` naming ``where``.
+
+    Rules: array shapes agree; dtypes; labels in {0, 1}; candidate ids >= -1 and padding (-1) only
+    with label 0; no duplicate candidate within a list; at least one positive per list; no
+    duplicate query. With the store's ``text_image`` and ``image_split``: query and candidate ids
+    in range; every query and candidate in the file's split; label 1 iff the candidate is relevant.
+    """
+    qs, cands, labels = lists.queries, lists.candidates, lists.labels
+
+    def fail(rule: str) -> None:
+        raise ListsError(f"{where}: {rule}")
+
+    if qs.ndim != 1:
+        fail(f"queries must be 1-d (Q,), got shape {qs.shape}")
+    if cands.ndim != 2 or cands.shape[0] != qs.shape[0]:
+        fail(f"candidates must be (Q, L) with Q={qs.shape[0]}, got shape {cands.shape}")
+    if labels.shape != cands.shape:
+        fail(f"labels shape {labels.shape} must equal candidates shape {cands.shape}")
+    for name, arr, kinds in (
+        ("queries", qs, "iu"),
+        ("candidates", cands, "i"),
+        ("labels", labels, "iub"),
+    ):
+        if arr.dtype.kind not in kinds:
+            fail(f"{name} must be integer, got dtype {arr.dtype}")
+    if qs.size and qs.min() < 0:
+        fail("queries: ids must be >= 0")
+    if labels.size and not np.isin(labels, (0, 1)).all():
+        fail("labels must be in {0, 1}")
+    pad = cands < 0
+    if cands.size and cands.min() < -1:
+        fail("candidates: ids must be >= 0, or -1 for padding")
+    if (labels[pad] != 0).any():
+        fail("padding (candidate -1) must have label 0")
+    if cands.shape[1] > 1:
+        srt = np.sort(np.where(pad, -1 - np.arange(cands.shape[1])[None, :], cands), axis=1)
+        if (srt[:, 1:] == srt[:, :-1]).any():
+            bad = int(np.flatnonzero((srt[:, 1:] == srt[:, :-1]).any(axis=1))[0])
+            fail(f"list {bad} (query {int(qs[bad])}) has a duplicate candidate")
+    if qs.size and not (labels.astype(bool).any(axis=1)).all():
+        bad = int(np.flatnonzero(~labels.astype(bool).any(axis=1))[0])
+        fail(f"every list needs at least one positive; list {bad} (query {int(qs[bad])}) has none")
+    if np.unique(qs).size != qs.size:
+        fail("queries must be distinct")
+    if text_image is None or image_split is None:
+        return
+    n_img, n_txt = image_split.shape[0], text_image.shape[0]
+    n_q, n_c = (n_txt, n_img) if lists.direction == "t2i" else (n_img, n_txt)
+    if qs.size and qs.max() >= n_q:
+        fail(f"queries: id {int(qs.max())} out of range for the store ({n_q})")
+    if cands.size and cands.max() >= n_c:
+        fail(f"candidates: id {int(cands.max())} out of range for the store ({n_c})")
+    code = SPLIT_CODES[lists.split]
+    safe = np.maximum(cands, 0)
+    if lists.direction == "t2i":
+        q_split, c_split = image_split[text_image[qs]], image_split[safe]
+        relevant = text_image[qs][:, None] == cands
+    else:
+        q_split, c_split = image_split[qs], image_split[text_image[safe]]
+        relevant = text_image[safe] == qs[:, None]
+    if (q_split != code).any():
+        fail(f"a query is not from split {lists.split!r} (rule: each split is mined within itself)")
+    if (c_split[~pad] != code).any():
+        fail(
+            f"a candidate is not from split {lists.split!r} (rule: each split is mined within itself)"
+        )
+    relevant &= ~pad
+    if (relevant != labels.astype(bool)).any():
+        r, c = (int(v[0]) for v in np.nonzero(relevant != labels.astype(bool)))
+        fail(
+            f"list {r} (query {int(qs[r])}), candidate {int(cands[r, c])}: label {int(labels[r, c])} "
+            f"disagrees with text_image relevance ({int(relevant[r, c])}); a relevant item "
+            "(e.g. a sibling caption) must never be labelled 0"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Store-level API
+# --------------------------------------------------------------------------------------------
+
+
+def _parse_count(name: str, value: int | str) -> int | None:
+    if value == "all":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ListsError(f"{name}: must be an int >= 1 or 'all', got {value!r}")
+    return int(value)
+
+
+def _stats(
+    mined: MinedArrays,
+    labels: np.ndarray,
+    *,
+    pool: int,
+    hard: int,
+    skipped: int,
+    positives_added: np.ndarray,
+) -> dict[str, Any]:
+    n_pos = labels.sum(axis=1).astype(np.int64) if labels.size else np.zeros(0, np.int64)
+    real = (mined.candidates >= 0).sum(axis=1) if mined.candidates.size else np.zeros(0, np.int64)
+    q = int(labels.shape[0])
+
+    def mmm(x: np.ndarray) -> dict[str, float]:
+        if x.size == 0:
+            return {"min": 0, "mean": 0.0, "max": 0}
+        return {"min": int(x.min()), "mean": round(float(x.mean()), 4), "max": int(x.max())}
+
+    return {
+        "num_lists": q,
+        "list_length": int(labels.shape[1]),
+        "positives_per_list": mmm(n_pos),
+        "lists_with_multiple_positives": int((n_pos > 1).sum()),
+        # Positives beyond those deliberately added: 0 by construction, since every relevant item
+        # is excluded from the pool (checked here and by check_lists).
+        "lists_with_extra_positives": int((n_pos > positives_added).sum()),
+        "negatives_per_list": mmm(real - n_pos),
+        "negatives_available": mmm(mined.n_available),
+        "short_pools": int((mined.n_available < pool).sum()),
+        "short_lists": int((real - n_pos < hard).sum()),
+        "padded_lists": int((real < labels.shape[1]).sum()),
+        "queries_skipped_no_caption": skipped,
+    }
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez-compatible file with fixed zip timestamps (byte-identical for identical arrays)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, arr in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with zf.open(info, "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.ascontiguousarray(arr), allow_pickle=False)
+
+
+def mine_lists(
+    store: FeatureStore,
+    out_dir: str | Path,
+    *,
+    pool: int = 200,
+    hard: int = 50,
+    t2i_captions_per_image: int | Literal["all"] = 1,
+    i2t_positives: int | Literal["all"] = 1,
+    seed: int = 0,
+    strategy: str = "hard",
+    splits: Sequence[str] = ("train", "val", "test"),
+    overwrite: bool = False,
+    verbose: bool = False,
+) -> Path:
+    """Mine candidate lists for both directions and the given splits of ``store``.
+
+    Each split is mined only within itself. See the module docstring for the procedure, the
+    documented choices and the output format.
+
+    Args:
+        store: an opened :class:`xmr.data.store.FeatureStore`.
+        out_dir: the lists directory to create (written atomically via a temporary sibling).
+        pool: random candidates drawn per query (all available when fewer exist).
+        hard: negatives kept per list (1 <= hard <= pool).
+        t2i_captions_per_image: t2i queries per image (int, seeded-random captions) or "all".
+        i2t_positives: positives per i2t list (int, seeded-random captions) or "all".
+        seed: the seed; the output is a deterministic function of it.
+        strategy: "hard" (top cosine; needs ``store.joint_space``) or "random".
+        splits: which splits to mine.
+        overwrite: replace an existing lists directory (only one holding ``lists.json``).
+        verbose: print one timing line per file.
+
+    Returns:
+        The lists directory.
+
+    Raises:
+        ListsError: bad parameters, or ``strategy="hard"`` on a store that is not a joint space.
+        FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
+    """
+    out_dir = Path(out_dir).resolve()
+    if strategy not in STRATEGIES:
+        raise ListsError(f"strategy: must be one of {STRATEGIES}, got {strategy!r}")
+    for name, v in (("pool", pool), ("hard", hard), ("seed", seed)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise ListsError(f"{name}: must be an int, got {v!r}")
+    if seed < 0:
+        raise ListsError(f"seed: must be >= 0, got {seed}")
+    if not 1 <= hard <= pool:
+        raise ListsError(f"hard/pool: need 1 <= hard <= pool, got hard={hard}, pool={pool}")
+    k_t2i = _parse_count("t2i_captions_per_image", t2i_captions_per_image)
+    k_i2t = _parse_count("i2t_positives", i2t_positives)
+    splits = tuple(splits)
+    if not splits or len(set(splits)) != len(splits) or not set(splits) <= set(SPLIT_CODES):
+        raise ListsError(f"splits: must be distinct names from {tuple(SPLIT_CODES)}, got {splits}")
+    if strategy == "hard":
+        if not store.joint_space:
+            raise ListsError(
+                f"{store.root}/manifest.json: joint_space is false, so image-text cosine is "
+                "meaningless and hard negatives cannot be mined; use strategy='random'"
+            )
+        if store.image_dim != store.text_dim:
+            raise ListsError(
+                f"{store.root}/manifest.json: image_dim {store.image_dim} != text_dim "
+                f"{store.text_dim}; cosine needs one joint space"
+            )
+    if out_dir.exists():
+        if not overwrite:
+            raise FileExistsError(f"{out_dir}: lists directory exists (pass overwrite=True)")
+        if not out_dir.is_dir() or not (
+            (out_dir / "lists.json").is_file() or not any(out_dir.iterdir())
+        ):
+            raise FileExistsError(
+                f"{out_dir}: refusing to overwrite something that is not a lists directory "
+                "(no lists.json)"
+            )
+
+    text_image = np.asarray(store.text_image, dtype=np.int64)
+    image_split = np.asarray(store.image_split)
+    use_emb = strategy == "hard"
+    params = {
+        "pool": int(pool),
+        "hard": int(hard),
+        "t2i_captions_per_image": t2i_captions_per_image,
+        "i2t_positives": i2t_positives,
+        "strategy": strategy,
+        "splits": list(splits),
+        "directions": list(DIRECTIONS),
+        "rng_block": RNG_BLOCK,
+    }
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        stats: dict[str, Any] = {}
+        for split in splits:
+            code = SPLIT_CODES[split]
+            for direction in DIRECTIONS:
+                t0 = time.perf_counter()
+                dcode = _DIRECTION_CODES[direction]
+                problem, skipped = build_problem(
+                    direction,
+                    text_image,
+                    image_split,
+                    code,
+                    t2i_captions_per_image=k_t2i,
+                    i2t_positives=k_i2t,
+                    rng=np.random.default_rng([seed, dcode, code, _STAGE_SELECT]),
+                    image_emb=store.image_emb if use_emb else None,
+                    text_emb=store.text_emb if use_emb else None,
+                )
+                mined = mine_arrays(
+                    problem,
+                    pool=pool,
+                    hard=hard,
+                    strategy=strategy,
+                    seed_key=(seed, dcode, code, _STAGE_POOL),
+                )
+                name = lists_filename(direction, split)
+                lists = CandidateLists(
+                    problem.query_ids, mined.candidates, mined.labels, direction, split
+                )
+                # Data hygiene, checked on every mined file (independently of the miner's logic).
+                check_lists(
+                    lists,
+                    where=f"{name} (just mined)",
+                    text_image=text_image,
+                    image_split=image_split,
+                )
+                added = (problem.positives >= 0).sum(axis=1)
+                s = _stats(
+                    mined,
+                    mined.labels,
+                    pool=pool,
+                    hard=hard,
+                    skipped=skipped,
+                    positives_added=added,
+                )
+                if s["lists_with_extra_positives"]:  # pragma: no cover - internal bug
+                    raise AssertionError(f"{name}: a relevant item entered through the pool")
+                stats[name.removesuffix(".npz")] = s
+                _write_npz(
+                    tmp / name,
+                    {
+                        "queries": lists.queries,
+                        "candidates": lists.candidates,
+                        "labels": lists.labels,
+                    },
+                )
+                if verbose:
+                    print(
+                        f"mined {name}: {s['num_lists']} lists x {s['list_length']} "
+                        f"in {time.perf_counter() - t0:.2f}s"
+                    )
+        meta = {
+            "format": LISTS_FORMAT,
+            "store": str(Path(store.root).resolve()),
+            "store_fingerprint": store.fingerprint(),
+            "params": params,
+            "seed": int(seed),
+            "stats": stats,
+        }
+        (tmp / "lists.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_lists_meta(lists_dir: str | Path) -> dict[str, Any]:
+    """Read and check ``lists.json`` (the completion marker) of a lists directory."""
+    path = Path(lists_dir) / "lists.json"
+    if not path.is_file():
+        raise ListsError(f"{path}: missing (an incomplete or foreign lists directory)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ListsError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != LISTS_FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else None
+        raise ListsError(f"{path}: format must be {LISTS_FORMAT!r}, got {got!r}")
+    for key in ("store_fingerprint", "params", "seed", "stats"):
+        if key not in meta:
+            raise ListsError(f"{path}: missing field {key!r}")
+    return meta
+
+
+def load_lists(
+    lists_dir: str | Path,
+    direction: str,
+    split: str,
+    store: FeatureStore | None = None,
+) -> CandidateLists:
+    """Load and validate one (direction, split) file of a lists directory.
+
+    Validates (each violation a :class:`ListsError` naming the file and the rule): ``lists.json``
+    present with format ``xmr-lists/1``; the file present with arrays ``queries``, ``candidates``,
+    ``labels`` of agreeing shapes; all rules of :func:`check_lists`; with ``store``: its
+    fingerprint equals ``lists.json``'s ``store_fingerprint``, ids in range, split membership and
+    labels equal to ``text_image`` relevance.
+    """
+    if direction not in DIRECTIONS:
+        raise ListsError(f"direction: must be one of {DIRECTIONS}, got {direction!r}")
+    if split not in SPLIT_CODES:
+        raise ListsError(f"split: must be one of {tuple(SPLIT_CODES)}, got {split!r}")
+    lists_dir = Path(lists_dir)
+    meta = read_lists_meta(lists_dir)
+    path = lists_dir / lists_filename(direction, split)
+    if not path.is_file():
+        raise ListsError(f"{path}: missing (mined splits: {meta['params'].get('splits')})")
+    if store is not None:
+        fp = store.fingerprint()
+        if meta["store_fingerprint"] != fp:
+            raise ListsError(
+                f"{lists_dir / 'lists.json'}: store_fingerprint {meta['store_fingerprint']!r} does "
+                f"not match the store {store.root} ({fp!r}); the lists were mined from another store"
+            )
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = {"queries", "candidates", "labels"} - set(z.files)
+            if missing:
+                raise ListsError(f"{path}: missing arrays {sorted(missing)}")
+            lists = CandidateLists(
+                queries=z["queries"],
+                candidates=z["candidates"],
+                labels=z["labels"],
+                direction=direction,
+                split=split,
+            )
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        if isinstance(e, ListsError):
+            raise
+        raise ListsError(f"{path}: unreadable npz ({e})") from e
+    check_lists(
+        lists,
+        where=str(path),
+        text_image=None if store is None else np.asarray(store.text_image, dtype=np.int64),
+        image_split=None if store is None else np.asarray(store.image_split),
+    )
+    return lists
