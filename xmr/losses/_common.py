@@ -1,0 +1,136 @@
+"""Shared pieces of the xmr ranking losses: input checks, padding, reduction, DCG helpers.
+
+Every loss takes ``scores (B, L)``, ``labels (B, L)`` (float, {0, 1}) and ``mask (B, L)`` (bool,
+True = real candidate) and returns a scalar. The conventions fixed here hold for all of them:
+
+* **Padding.** :func:`prepare` replaces the scores and labels of padded items by 0 with
+  ``torch.where`` (so padded values, even ``inf``/``nan``, never reach the arithmetic and get a zero
+  gradient); each loss then excludes padded items from every sum, softmax and ranking.
+* **Reduction.** :func:`mean_over_lists` averages the per-list losses over the *valid* lists of
+  the batch. For the ranking losses a list is valid when it holds at least one real positive
+  (label > 0); lists without any positive are **skipped** (left out of numerator and denominator).
+  If no list of the batch is valid, the loss is an exact 0 that is still attached to the graph,
+  so ``backward()`` works and gives zero gradients.
+* **Ranks.** :func:`pessimistic_ranks` ranks the real items of each list by score, breaking ties
+  pessimistically (a relevant item tied with a less relevant one ranks below it), as the metrics
+  of xmr do; so a constant scorer never looks good and pair weights are non-zero even when all
+  scores are equal (e.g. at initialisation).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def check_positive(owner: str, field: str, value: float) -> float:
+    """Return ``float(value)`` or raise ``ValueError`` naming ``owner.field`` when it is not > 0."""
+    value = float(value)
+    if not value > 0.0:
+        raise ValueError(f"{owner}: {field} must be > 0, got {value!r}")
+    return value
+
+
+def check_cutoff(owner: str, k: int | None) -> int | None:
+    """Validate an optional rank cut-off: ``None`` (full list) or an int >= 1."""
+    if k is None:
+        return None
+    if isinstance(k, bool) or int(k) != k or int(k) < 1:
+        raise ValueError(f"{owner}: k must be null (full list) or an integer >= 1, got {k!r}")
+    return int(k)
+
+
+def prepare(owner: str, scores: Tensor, labels: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Check the inputs of a loss and zero out padding.
+
+    Args:
+        owner: name of the calling loss class, used in error messages.
+        scores: ``(B, L)`` floating predicted scores.
+        labels: ``(B, L)`` relevance labels (cast to the scores' dtype).
+        mask: ``(B, L)`` bool, True = real candidate.
+
+    Returns:
+        ``(scores, labels)``, both ``(B, L)`` in at least float32, with 0 at padded positions.
+
+    Raises:
+        ValueError: when shapes differ, are not 2-D, the mask is not bool or scores not floating.
+    """
+    if scores.dim() != 2 or labels.shape != scores.shape or mask.shape != scores.shape:
+        raise ValueError(
+            f"{owner}: scores, labels and mask must all have shape (B, L); got scores "
+            f"{tuple(scores.shape)}, labels {tuple(labels.shape)}, mask {tuple(mask.shape)}"
+        )
+    if mask.dtype != torch.bool:
+        raise ValueError(f"{owner}: mask must be a bool tensor (True = real), got {mask.dtype}")
+    if not scores.is_floating_point():
+        raise ValueError(f"{owner}: scores must be a floating tensor, got {scores.dtype}")
+    # Half / bfloat16 scores (mixed precision) are promoted: the losses exponentiate and sum.
+    dtype = torch.promote_types(scores.dtype, torch.float32)
+    zero = scores.new_zeros((), dtype=dtype)
+    scores = torch.where(mask, scores.to(dtype), zero)  # (B, L)
+    labels = torch.where(mask, labels.to(dtype), zero)  # (B, L)
+    return scores, labels
+
+
+def has_positive(labels: Tensor, mask: Tensor) -> Tensor:
+    """``(B,)`` bool: the list holds at least one real item with label > 0."""
+    return ((labels > 0) & mask).any(dim=-1)
+
+
+def mean_over_lists(per_list: Tensor, valid: Tensor, scores: Tensor) -> Tensor:
+    """Mean of ``per_list (B,)`` over the lists where ``valid (B,)`` is True.
+
+    ``per_list`` must be finite everywhere (invalid lists included), otherwise ``nan`` would leak
+    into the gradient. With no valid list the result is ``0 * scores.sum()``: an exact zero that
+    keeps the graph, so ``backward()`` still runs. ``scores`` must already be padding-free.
+    """
+    valid_f = valid.to(per_list.dtype)  # (B,)
+    total = (per_list * valid_f).sum()
+    count = valid_f.sum()
+    return torch.where(count > 0, total / count.clamp(min=1.0), scores.sum() * 0.0)
+
+
+def pair_mask(labels: Tensor, mask: Tensor) -> Tensor:
+    """``(B, L, L)`` bool: pairs ``(i, j)`` of real items with ``labels[i] > labels[j]``."""
+    real = mask[:, :, None] & mask[:, None, :]  # (B, L, L)
+    return real & (labels[:, :, None] > labels[:, None, :])
+
+
+def pessimistic_ranks(scores: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
+    """1-based ranks ``(B, L)`` of the real items by descending score (no gradient).
+
+    Item ``j`` ranks above item ``i`` when ``s_j > s_i``, or the scores tie and ``y_j < y_i``
+    (pessimistic: the more relevant of two tied items ranks lower), or scores and labels both tie
+    and ``j < i`` (such items are interchangeable, so this last rule never changes a loss).
+    Padded items are never counted; their own rank is meaningless. Built from ``(B, L, L)``
+    comparisons rather than a sort, so it is exactly invariant to permuting the list.
+    """
+    s = scores.detach()
+    si, sj = s[:, :, None], s[:, None, :]  # (B, L, 1), (B, 1, L)
+    yi, yj = labels[:, :, None], labels[:, None, :]
+    idx = torch.arange(s.shape[-1], device=s.device)
+    earlier = (idx[None, :] < idx[:, None])[None]  # (1, L, L): j < i
+    tie = si == sj
+    above = (sj > si) | (tie & (yj < yi)) | (tie & (yj == yi) & earlier)  # (B, L, L)
+    above = above & mask[:, None, :]
+    return 1 + above.sum(dim=-1)  # (B, L)
+
+
+def rank_discounts(length: int, k: int | None, like: Tensor) -> Tensor:
+    """``(length,)`` DCG discounts ``1 / log2(r + 1)`` for ranks ``r = 1..length``; 0 beyond ``k``."""
+    ranks = torch.arange(1, length + 1, device=like.device, dtype=like.dtype)
+    disc = 1.0 / torch.log2(ranks + 1.0)
+    if k is not None:
+        disc = torch.where(ranks <= k, disc, torch.zeros_like(disc))
+    return disc
+
+
+def gains(labels: Tensor, mask: Tensor) -> Tensor:
+    """``(B, L)`` NDCG gains ``2^y - 1`` of the real items, 0 at padding."""
+    return torch.where(mask, torch.pow(2.0, labels) - 1.0, torch.zeros_like(labels))
+
+
+def ideal_dcg(gain: Tensor, k: int | None) -> Tensor:
+    """``(B,)`` ideal DCG@k: gains sorted descending (padding has gain 0, so sorts last)."""
+    ordered = gain.sort(dim=-1, descending=True).values  # (B, L)
+    return (ordered * rank_discounts(gain.shape[-1], k, gain)).sum(dim=-1)

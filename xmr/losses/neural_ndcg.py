@@ -1,0 +1,184 @@
+"""NeuralNDCG and NeuralNDCG-Transposed: NDCG through a relaxed (NeuralSort) permutation matrix."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from xmr.losses._common import (
+    check_cutoff,
+    check_positive,
+    gains,
+    has_positive,
+    ideal_dcg,
+    mean_over_lists,
+    prepare,
+    rank_discounts,
+)
+
+
+def neural_sort(scores: Tensor, mask: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+    """Deterministic NeuralSort relaxation (Grover et al. 2019) of the sorting permutation.
+
+    For a list with ``n`` real items, row ``r = 1..n`` (rank) of the relaxed permutation matrix is
+    ``softmax_i(((n + 1 - 2r) * s_i - sum_j |s_i - s_j|) / temperature)`` over the real items
+    ``i, j``; as ``temperature -> 0`` row ``r`` tends to the one-hot of the r-th largest score.
+
+    Padded items take no part: ``n`` counts real items only, padded columns get probability 0 and
+    rows ``r > n`` are all 0, so the real ``n x n`` block equals that of the unpadded list.
+
+    Args:
+        scores: ``(B, L)`` scores, 0 at padding.
+        mask: ``(B, L)`` bool, True = real.
+        temperature: softmax temperature, > 0.
+
+    Returns:
+        ``(B, L, L)`` matrix ``P[b, r, i]`` (row = rank, column = item) and the ``(B, L)`` bool
+        mask of its real rows (``r <= n``).
+    """
+    length = scores.shape[-1]
+    m = mask.to(scores.dtype)  # (B, L)
+    n = m.sum(dim=-1, keepdim=True)  # (B, 1) real items per list
+    # sum_j |s_i - s_j| over real j.
+    abs_sum = ((scores[:, :, None] - scores[:, None, :]).abs() * m[:, None, :]).sum(-1)  # (B, L)
+    rank = torch.arange(1, length + 1, device=scores.device, dtype=scores.dtype)  # (L,)
+    coef = n + 1.0 - 2.0 * rank[None, :]  # (B, L): n + 1 - 2r
+    logits = (coef[:, :, None] * scores[:, None, :] - abs_sum[:, None, :]) / temperature
+    row_real = rank[None, :] <= n  # (B, L): rank rows r <= n
+    # Padded columns -> -inf; rows beyond n (incl. all-padding lists) -> any finite value, zeroed.
+    logits = logits.masked_fill(~mask[:, None, :], float("-inf"))
+    logits = logits.masked_fill(~row_real[:, :, None], 0.0)
+    valid = (row_real[:, :, None] & mask[:, None, :]).to(scores.dtype)  # (B, L, L)
+    return torch.softmax(logits, dim=-1) * valid, row_real
+
+
+def sinkhorn(
+    matrix: Tensor,
+    row_real: Tensor,
+    col_real: Tensor,
+    iterations: int,
+    last: Literal["rows", "columns"] = "rows",
+    eps: float = 1e-10,
+) -> Tensor:
+    """Sinkhorn scaling of non-negative ``(B, L, L)`` matrices toward doubly stochastic ones.
+
+    Alternately divides each column and each row by its sum, ``iterations`` times (a fixed
+    number: no data-dependent early stop, so no host-device synchronisation). ``last`` names the
+    marginal normalised last, which is therefore exact: ``"rows"`` (each row sums to 1) or
+    ``"columns"``. Only the real block (``row_real (B, L)`` x ``col_real (B, L)``) is scaled;
+    padded rows and columns must be 0 on entry and are divided by 1, so they stay 0 with a
+    finite gradient.
+    """
+    one = matrix.new_ones(())
+
+    def scale_rows(mat: Tensor) -> Tensor:
+        row_sum = mat.sum(dim=2, keepdim=True).clamp(min=eps)  # (B, L, 1)
+        return mat / torch.where(row_real[:, :, None], row_sum, one)
+
+    def scale_columns(mat: Tensor) -> Tensor:
+        col_sum = mat.sum(dim=1, keepdim=True).clamp(min=eps)  # (B, 1, L)
+        return mat / torch.where(col_real[:, None, :], col_sum, one)
+
+    first, second = (scale_columns, scale_rows) if last == "rows" else (scale_rows, scale_columns)
+    for _ in range(iterations):
+        matrix = second(first(matrix))
+    return matrix
+
+
+class _NeuralNDCGBase(nn.Module):
+    """Shared NeuralSort + Sinkhorn pipeline; subclasses choose how ``P`` meets gains and discounts."""
+
+    sinkhorn_last: Literal["rows", "columns"] = "rows"
+
+    def __init__(
+        self, temperature: float = 1.0, sinkhorn_iters: int = 50, k: int | None = None
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        self.temperature = check_positive(name, "temperature", temperature)
+        if isinstance(sinkhorn_iters, bool) or int(sinkhorn_iters) != sinkhorn_iters:
+            raise ValueError(f"{name}: sinkhorn_iters must be an integer, got {sinkhorn_iters!r}")
+        if int(sinkhorn_iters) < 0:
+            raise ValueError(f"{name}: sinkhorn_iters must be >= 0, got {sinkhorn_iters!r}")
+        self.sinkhorn_iters = int(sinkhorn_iters)
+        self.k = check_cutoff(name, k)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, sinkhorn_iters={self.sinkhorn_iters}, k={self.k}"
+
+    def relaxed_dcg(self, perm: Tensor, gain: Tensor, discount: Tensor) -> Tensor:
+        """``(B,)`` relaxed DCG from ``perm (B, L, L)``, ``gain (B, L)``, ``discount (L,)``."""
+        raise NotImplementedError
+
+    def forward(self, scores: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
+        """``-mean NeuralNDCG@k`` of ``scores (B, L)``, ``labels (B, L)``, ``mask (B, L)``."""
+        s, y = prepare(type(self).__name__, scores, labels, mask)  # (B, L) each
+        perm, row_real = neural_sort(s, mask, self.temperature)  # (B, L, L), (B, L)
+        perm = sinkhorn(perm, row_real, mask, self.sinkhorn_iters, self.sinkhorn_last)
+        gain = gains(y, mask)  # (B, L)
+        discount = rank_discounts(s.shape[-1], self.k, s)  # (L,)
+        dcg = self.relaxed_dcg(perm, gain, discount)  # (B,)
+        ndcg = dcg / ideal_dcg(gain, self.k).clamp(min=1e-10)  # (B,)
+        return -mean_over_lists(ndcg, has_positive(y, mask), s)
+
+
+class NeuralNDCGLoss(_NeuralNDCGBase):
+    """Pobrotyn & Białobrzeski 2021, "NeuralNDCG: Direct Optimisation of a Ranking Metric via
+    Differentiable Relaxation of Sorting" (arXiv:2102.07831). Also allRank's ``neuralNDCG``.
+
+    ``P`` is the NeuralSort relaxation of the permutation matrix that sorts the scores
+    (:func:`neural_sort`, temperature ``temperature``), made approximately doubly stochastic by
+    ``sinkhorn_iters`` rounds of Sinkhorn scaling (:func:`sinkhorn`). ``P @ g`` is the relaxed
+    sorted gain vector, so with gains ``g_i = 2^y_i - 1`` and discounts ``d_r = 1 / log2(r + 1)``
+    (0 beyond the cut-off ``k``; ``None`` = the full list)::
+
+        NeuralNDCG@k = sum_{r <= k} d_r * (P @ g)_r / IDCG@k,     loss = -mean NeuralNDCG@k
+
+    As ``temperature -> 0`` (distinct scores), ``P`` tends to the true permutation matrix and
+    NeuralNDCG to NDCG. The loss is negative, in ``[-1, 0]`` up to Sinkhorn tolerance.
+
+    Padding: padded items are left out of ``P`` entirely (their columns are 0 and ``n`` counts
+    real items only), so they can never be sorted into a real position, and the value does not
+    depend on padding. allRank reaches the same effect by masking scores to -1e8.
+
+    Reduction: mean over lists with at least one real positive (IDCG > 0); lists without a
+    positive are skipped.
+
+    Args:
+        temperature: NeuralSort temperature ``tau`` > 0.
+        sinkhorn_iters: Sinkhorn rounds (allRank: at most 50, with early stop at tolerance 1e-6;
+            here a fixed count, 0 = no scaling).
+        k: NDCG cut-off; ``None`` = the full list.
+
+    Shapes: ``scores``, ``labels``, ``mask`` ``(B, L)``; returns a scalar. Memory ``O(B L^2)``.
+    """
+
+    def relaxed_dcg(self, perm: Tensor, gain: Tensor, discount: Tensor) -> Tensor:
+        sorted_gain = torch.einsum("bri,bi->br", perm, gain)  # (B, L): expected gain at rank r
+        return (sorted_gain * discount[None, :]).sum(dim=-1)
+
+
+class NeuralNDCGTransposedLoss(_NeuralNDCGBase):
+    """Pobrotyn & Białobrzeski 2021, "NeuralNDCG: Direct Optimisation of a Ranking Metric via
+    Differentiable Relaxation of Sorting", the *transposed* variant NeuralNDCG^T (allRank's
+    ``neuralNDCG_transposed``).
+
+    The same relaxed ``P`` as :class:`NeuralNDCGLoss`, read by columns: ``P^T @ d`` gives each
+    item its expected discount (a distribution over ranks per item), and::
+
+        NeuralNDCG^T@k = sum_i g_i * (P^T @ d)_i / IDCG@k,     loss = -mean NeuralNDCG^T@k
+
+    with ``d_r = 0`` beyond ``k``. Since ``d^T (P g) = g^T (P^T d)``, the two variants differ only
+    through ``P``: here Sinkhorn normalises columns last, so each item's rank distribution sums to
+    exactly 1, whereas :class:`NeuralNDCGLoss` makes each rank's item distribution exact. With
+    enough Sinkhorn rounds the two values coincide. Padding, reduction, arguments and shapes as
+    :class:`NeuralNDCGLoss`.
+    """
+
+    sinkhorn_last = "columns"
+
+    def relaxed_dcg(self, perm: Tensor, gain: Tensor, discount: Tensor) -> Tensor:
+        item_discount = torch.einsum("bri,r->bi", perm, discount)  # (B, L): expected discount
+        return (gain * item_discount).sum(dim=-1)
