@@ -9,9 +9,8 @@ from xmr.losses._common import check_positive, mean_over_lists, prepare
 
 
 class PointwiseBCELoss(nn.Module):
-    """Pointwise baseline: binary cross-entropy with logits (the "pointwise approach" of learning
-    to rank, e.g. Cossock & Zhang 2006, "Subset Ranking Using Regression"; allRank's
-    ``pointwise_bce`` / ``bce``).
+    """Cossock & Zhang 2006, "Subset Ranking Using Regression" (COLT): the pointwise approach to
+    learning to rank, here as binary cross-entropy with logits (allRank's ``pointwise_bce``).
 
     Each real item is classified on its own, ``p_i = sigmoid(s_i)``::
 
