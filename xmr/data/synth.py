@@ -44,11 +44,11 @@ Flickr30k 1K, open_clip's published numbers):
 
 Mean cosine of matching pairs 0.37, of random image-text pairs 0.11 (CLIP: ~0.3 / ~0.15).
 Inside 51-candidate hard-negative lists (200 random candidates, the 50 most cosine-similar kept,
-plus the positive; test split), cosine gets in-list R@1 74.2 (i2t) / 80.0 (t2i) (the paper reports 29.5 / 16.2
-for CLIP-cosine on its lists; with a cosine-mined list the positive is only beaten by look-alikes).
-Paper-scale generation takes 4-6.5 s (:func:`generate`) and generating + writing the
-float16 store 10 s on 2 CPU cores;
-opening it with all checks 0.3-0.5 s.
+plus the positive; test split, seed 0), cosine gets in-list R@1 74.2 (i2t) / 80.0 (t2i): far from
+perfect, though above the paper's 29.5 / 16.2 for CLIP-cosine on its lists (in a cosine-mined
+list the positive is beaten only by look-alikes, so in-list R@1 >= full-gallery R@1 here).
+Paper-scale :func:`generate` takes 4-6.5 s, generating + writing the float16 store 8-10 s on
+2 CPU cores; opening it with all checks 0.3-0.5 s.
 """
 
 from __future__ import annotations
