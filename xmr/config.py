@@ -1,0 +1,70 @@
+"""Start-up checks of a composed config: impossible values are caught before any work is done.
+
+Unknown keys and wrong types on the command line are already refused by Hydra's struct mode; the
+checks here catch values that are well-typed but impossible, naming the key and the rule.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig
+
+from xmr.utils.instantiate import ConfigError, _check_targets
+
+
+def _positive_int(cfg: DictConfig, key: str, value: Any, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{key}={value!r}: must be an integer >= {minimum}")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` naming the key and the rule for an impossible config."""
+    _check_targets(cfg, "config")
+    data = cfg.data
+    _positive_int(cfg, "data.batch_size", data.get("batch_size"))
+    _positive_int(cfg, "data.eval_batch_size", data.get("eval_batch_size"))
+    _positive_int(cfg, "data.num_workers", data.get("num_workers", 0), minimum=0)
+    if data.get("direction") not in ("t2i", "i2t", "both"):
+        raise ConfigError(f"data.direction={data.get('direction')!r}: one of t2i, i2t, both")
+    mining = data.get("mining") or {}
+    pool, hard = mining.get("pool", 200), mining.get("hard", 50)
+    _positive_int(cfg, "data.mining.pool", pool)
+    _positive_int(cfg, "data.mining.hard", hard)
+    if hard > pool:
+        raise ConfigError(
+            f"data.mining.hard={hard} > data.mining.pool={pool}: hard negatives are "
+            "kept from the pool, so hard <= pool"
+        )
+    ks = list(cfg.get("ks", [1, 5, 10]))
+    for k in ks:
+        _positive_int(cfg, "ks[]", k)
+    if max(ks) > hard + 1:
+        raise ConfigError(
+            f"ks={ks}: K={max(ks)} is larger than a candidate list "
+            f"(data.mining.hard + 1 = {hard + 1})"
+        )
+    net = cfg.model.net
+    fc = list(net.get("fc_sizes", [64])) if "fc_sizes" in net else None
+    if fc is not None:
+        if not fc or any(not isinstance(s, int) or s < 1 for s in fc):
+            raise ConfigError(f"model.net.fc_sizes={fc}: at least one size, each an integer >= 1")
+        heads = net.get("num_heads", 1)
+        _positive_int(cfg, "model.net.num_heads", heads)
+        if fc[-1] % heads:
+            raise ConfigError(
+                f"model.net.num_heads={heads} does not divide the encoder width "
+                f"model.net.fc_sizes[-1]={fc[-1]}"
+            )
+        _positive_int(cfg, "model.net.num_layers", net.get("num_layers", 2), minimum=0)
+        _positive_int(cfg, "model.net.ff_dim", net.get("ff_dim", 128))
+        for key in ("dropout", "fc_dropout"):
+            p = net.get(key, 0.0)
+            if not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+                raise ConfigError(f"model.net.{key}={p!r}: must be in [0, 1)")
+    _positive_int(cfg, "trainer.max_epochs", cfg.trainer.get("max_epochs", 1))
+    lr = cfg.get("optimizer", {}).get("lr", 1e-3) if cfg.get("optimizer") else 1e-3
+    if not isinstance(lr, (int, float)) or lr <= 0:
+        raise ConfigError(f"optimizer.lr={lr!r}: must be a number > 0")
+    if cfg.monitor is None or not str(cfg.monitor).startswith("val/"):
+        raise ConfigError(f"monitor={cfg.monitor!r}: must be a validation key such as val/rsum")

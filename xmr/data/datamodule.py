@@ -1,0 +1,253 @@
+"""LightningDataModule over a feature store and its candidate lists.
+
+Pair features are gathered from the embedding tables at batch time — never a materialised
+``(Q, L, D)`` array. A batch (see docs/DESIGN.md) is a dict::
+
+    x          (B, L, D_q + D_c) float32   pair features [query ; candidate]
+    q          (B, D_q)          float32   query embedding
+    c          (B, L, D_c)       float32   candidate embeddings (zeros at padding)
+    labels     (B, L)            float32   1 relevant, 0 not (0 at padding)
+    mask       (B, L)            bool      True = real candidate, False = padding
+    query      (B,)              int64     query ids (text ids for t2i, image ids for i2t)
+    candidates (B, L)            int64     candidate ids, -1 at padding
+    direction  str               "t2i" or "i2t"
+
+Lists of one file share one length; lists of different files (or lists with padding) are padded
+with id -1 and masked. With ``direction: both`` the training loader yields
+``{"t2i": batch, "i2t": batch}`` (cycling the shorter one); evaluation loaders come one per
+direction, in the order of :attr:`XMRDataModule.directions`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import CombinedLoader
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from xmr.data.lists import load_lists, mine_lists
+from xmr.data.store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+DIRECTIONS: tuple[str, ...] = ("t2i", "i2t")
+
+
+class _ListIndexDataset(Dataset[int]):
+    """Yields list indices; the collate function gathers features for a whole batch at once."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+class PairGatherer:
+    """Gathers the pair features of a batch of lists from the embedding tables (picklable)."""
+
+    def __init__(
+        self,
+        direction: str,
+        query_table: Tensor,
+        cand_table: Tensor,
+        queries: Tensor,
+        candidates: Tensor,
+        labels: Tensor,
+    ) -> None:
+        self.direction = direction
+        self.query_table, self.cand_table = query_table, cand_table  # (N_q, D_q), (N_c, D_c)
+        self.queries, self.candidates, self.labels = queries, candidates, labels  # (Q,), (Q, L)
+
+    def __call__(self, idx: list[int]) -> dict[str, Any]:
+        ix = torch.as_tensor(idx, dtype=torch.long)
+        qid = self.queries[ix]  # (B,)
+        cid = self.candidates[ix]  # (B, L)
+        mask = cid >= 0  # (B, L)
+        q = self.query_table[qid].float()  # (B, D_q)
+        c = self.cand_table[cid.clamp_min(0)].float()  # (B, L, D_c)
+        c = c * mask.unsqueeze(-1)
+        x = torch.cat([q.unsqueeze(1).expand(-1, c.shape[1], -1), c], dim=-1)  # (B, L, D_q+D_c)
+        return {
+            "x": x,
+            "q": q,
+            "c": c,
+            "labels": self.labels[ix].float(),
+            "mask": mask,
+            "query": qid,
+            "candidates": cid,
+            "direction": self.direction,
+        }
+
+
+class XMRDataModule(L.LightningDataModule):
+    """Feature store + candidate lists → batches of pair features.
+
+    Args:
+        store: path of an ``xmr-features/1`` store.
+        lists_dir: directory of candidate lists (``xmr mine`` output); when None it is
+            ``<lists_root>/<tag of the mining options>`` (``lists_root`` defaults to
+            ``<store>/lists``), so other mining options never reuse stale lists.
+        direction: ``t2i`` (caption → images), ``i2t`` (image → captions) or ``both``.
+        synth: when set and ``store`` does not exist, ``prepare_data`` generates a synthetic
+            store with these options (``preset``, ``seed`` and any ``SynthConfig`` field).
+        mining: options of :func:`xmr.data.lists.mine_lists`; used by ``prepare_data`` when
+            ``lists_dir`` holds no lists yet.
+        batch_size / eval_batch_size: lists per training / evaluation batch.
+        num_workers: DataLoader workers (0 = gather in the main process; gathering is cheap).
+        max_lists: cap per split (for quick runs), None = all.
+    """
+
+    def __init__(
+        self,
+        store: str,
+        lists_dir: str | None = None,
+        lists_root: str | None = None,
+        direction: str = "both",
+        synth: Mapping[str, Any] | None = None,
+        mining: Mapping[str, Any] | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        max_lists: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        if direction not in (*DIRECTIONS, "both"):
+            raise ValueError(f"data.direction={direction!r}: one of t2i, i2t, both")
+        if batch_size < 1 or eval_batch_size < 1 or num_workers < 0:
+            raise ValueError(
+                f"data: batch_size={batch_size} and eval_batch_size={eval_batch_size} must be "
+                f">= 1, num_workers={num_workers} >= 0"
+            )
+        self.store_path = Path(store)
+        self.mining = dict(mining) if mining else {}
+        if lists_dir is None:
+            root = Path(lists_root) if lists_root else self.store_path / "lists"
+            lists_dir = str(root / mining_tag(self.mining))
+        self.lists_dir = Path(lists_dir)
+        self.directions: tuple[str, ...] = DIRECTIONS if direction == "both" else (direction,)
+        self.synth = dict(synth) if synth else None
+        self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
+        self.num_workers = int(num_workers)
+        self.max_lists = max_lists
+        self.name = name or self.store_path.name
+        self.store: FeatureStore | None = None
+        self._tables: dict[str, Tensor] = {}
+        self._gatherers: dict[tuple[str, str], PairGatherer] = {}
+
+    # -- preparation --------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Generate the synthetic store and mine lists when they are missing (rank 0 only)."""
+        prepare_store_and_lists(self.store_path, self.lists_dir, self.synth, self.mining)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.store is not None:
+            return
+        self.store = FeatureStore.open(self.store_path)
+        # Embedding tables held once, in the store's dtype (fp16 stays fp16: half the memory).
+        self._tables = {
+            "image": torch.from_numpy(np.array(self.store.image_emb)),
+            "text": torch.from_numpy(np.array(self.store.text_emb)),
+        }
+        for direction in self.directions:
+            for split in ("train", "val", "test"):
+                lists = load_lists(self.lists_dir, direction, split, store=self.store)
+                n = len(lists.queries)
+                if self.max_lists is not None:
+                    n = min(n, int(self.max_lists))
+                qt, ct = ("text", "image") if direction == "t2i" else ("image", "text")
+                self._gatherers[(direction, split)] = PairGatherer(
+                    direction,
+                    self._tables[qt],
+                    self._tables[ct],
+                    torch.from_numpy(np.asarray(lists.queries[:n], dtype=np.int64)),
+                    torch.from_numpy(np.asarray(lists.candidates[:n], dtype=np.int64)),
+                    torch.from_numpy(np.asarray(lists.labels[:n], dtype=np.uint8)),
+                )
+
+    # -- shapes --------------------------------------------------------------------------------
+    def dims(self, direction: str) -> tuple[int, int]:
+        """(query_dim, candidate_dim) for a direction."""
+        store = self.store or FeatureStore.open(self.store_path, check_norms=False)
+        if direction == "t2i":
+            return store.text_dim, store.image_dim
+        return store.image_dim, store.text_dim
+
+    @property
+    def joint_space(self) -> bool:
+        store = self.store or FeatureStore.open(self.store_path, check_norms=False)
+        return bool(store.joint_space)
+
+    def num_lists(self, direction: str, split: str) -> int:
+        return len(self._gatherers[(direction, split)].queries)
+
+    # -- loaders -------------------------------------------------------------------------------
+    def _loader(self, direction: str, split: str, shuffle: bool) -> DataLoader:
+        gather = self._gatherers[(direction, split)]
+        return DataLoader(
+            _ListIndexDataset(len(gather.queries)),
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            shuffle=shuffle,
+            collate_fn=gather,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> CombinedLoader:
+        loaders = {d: self._loader(d, "train", shuffle=True) for d in self.directions}
+        return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self._loader(d, "val", shuffle=False) for d in self.directions]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._loader(d, "test", shuffle=False) for d in self.directions]
+
+
+def mining_tag(mining: Mapping[str, Any]) -> str:
+    """A directory name that spells out the mining options, e.g. ``hard-p200-h50-t2i1-i2t1-s0``."""
+    m = dict(mining)
+    return (
+        f"{m.get('strategy', 'hard')}-p{m.get('pool', 200)}-h{m.get('hard', 50)}"
+        f"-t2i{m.get('t2i_captions_per_image', 1)}-i2t{m.get('i2t_positives', 1)}-s{m.get('seed', 0)}"
+    )
+
+
+def prepare_store_and_lists(
+    store: Path,
+    lists_dir: Path,
+    synth: Mapping[str, Any] | None,
+    mining: Mapping[str, Any],
+) -> None:
+    """Make sure ``store`` and ``lists_dir`` exist: generate (synthetic only) and mine if not."""
+    if not (store / "manifest.json").exists():
+        if not synth:
+            raise FileNotFoundError(
+                f"{store}/manifest.json: no feature store there, and this data config has no "
+                "`synth` block to generate one. Point data.store at an xmr-features/1 store "
+                "(see `xmr extract`) or use data=synthetic_demo."
+            )
+        from xmr.data.synth import PRESETS, SynthConfig, write_synthetic_store
+
+        opts = dict(synth)
+        preset = opts.pop("preset", None)
+        if preset is not None and preset not in PRESETS:
+            raise ValueError(f"data.synth.preset={preset!r}: one of {sorted(PRESETS)}")
+        cfg = dataclasses.replace(PRESETS[preset] if preset else SynthConfig(), **opts)
+        log.info("generating SYNTHETIC feature store at %s (%s)", store, cfg)
+        write_synthetic_store(store, cfg)
+    if not (lists_dir / "lists.json").exists():
+        log.info("mining candidate lists into %s (%s)", lists_dir, dict(mining))
+        mine_lists(FeatureStore.open(store), lists_dir, **dict(mining))

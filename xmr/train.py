@@ -1,0 +1,139 @@
+"""Train a ranker (or evaluate a parameter-free scorer) and write ``results.json``.
+
+    python -m xmr.train                      # synthetic demo store, NeuralNDCG, both directions
+    python -m xmr.train loss=listnet seed=3
+    python -m xmr.train experiment=paper     # the paper's settings
+    xmr train model=cosine                   # CLIP-cosine baseline on the same test lists
+
+A run's directory holds ``config.yaml`` (resolved), ``checkpoints/{best,last}.ckpt``,
+``metrics.jsonl`` (per-epoch logged values), ``predictions_{t2i,i2t}.npz`` and ``results.json``
+(see :func:`xmr.results.write_results`). Starting the same command again resumes from
+``checkpoints/last.ckpt`` when the run did not finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from xmr.config import validate_config
+from xmr.data.datamodule import XMRDataModule
+from xmr.models.module import RankingModule
+from xmr.results import method_name, write_predictions, write_results
+from xmr.utils.instantiate import instantiate
+from xmr.utils.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def output_dir_of(cfg: DictConfig) -> Path:
+    """The run directory: Hydra's output dir when running under Hydra, else ``paths.output_dir``."""
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(str(cfg.paths.output_dir))
+
+
+def build_module(cfg: DictConfig, dm: XMRDataModule) -> RankingModule:
+    """The LightningModule for ``cfg``: one network per direction of ``dm``."""
+    networks = {}
+    for direction in dm.directions:
+        query_dim, cand_dim = dm.dims(direction)
+        factory = instantiate(cfg.model.net, where="model.net")
+        networks[direction] = factory(query_dim=query_dim, cand_dim=cand_dim)
+    trainable = bool(cfg.model.get("trainable", True))
+    return RankingModule(
+        networks=networks,
+        loss=instantiate(cfg.loss, where="loss") if trainable else None,
+        optimizer=instantiate(cfg.optimizer, where="optimizer") if trainable else None,
+        scheduler=instantiate(cfg.scheduler, where="scheduler") if cfg.get("scheduler") else None,
+        ks=cfg.get("ks", (1, 5, 10)),
+    )
+
+
+def load_weights(module: torch.nn.Module, ckpt: Path) -> None:
+    """Load a checkpoint's weights safely (``weights_only=True``: no pickled code runs)."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    module.load_state_dict(state["state_dict"])
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit (when the model has parameters), test on the best checkpoint, write results."""
+    validate_config(cfg)
+    out = output_dir_of(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    L.seed_everything(int(cfg.seed), workers=True)
+    torch.set_num_threads(int(cfg.get("threads") or os.cpu_count() or 1))
+
+    dm: XMRDataModule = instantiate(cfg.data, where="data")
+    dm.prepare_data()
+    dm.setup()
+    module = build_module(cfg, dm)
+    callbacks = [
+        instantiate(c, where=f"callbacks.{name}")
+        for name, c in (cfg.get("callbacks") or {}).items()
+        if c is not None
+    ]
+    loggers = instantiate(cfg.logger, where="logger") if cfg.get("logger") else False
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, where="trainer", callbacks=callbacks, logger=loggers
+    )
+
+    best_ckpt: Path | None = None
+    best_val: float | None = None
+    trainable = any(p.requires_grad for p in module.parameters())
+    if trainable and cfg.get("train", True):
+        last = out / "checkpoints" / "last.ckpt"
+        resume = last if (cfg.get("resume", True) and last.exists()) else None
+        if resume:
+            log.info("resuming from %s", resume)
+        trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+        best_ckpt = Path(best) if best else None
+        score = getattr(trainer.checkpoint_callback, "best_model_score", None)
+        best_val = float(score) if score is not None else None
+        if best_ckpt and best_ckpt.exists():
+            load_weights(module, best_ckpt)
+
+    results: dict[str, Any] = {}
+    if cfg.get("test", True):
+        test_metrics = trainer.test(module, datamodule=dm, verbose=False)
+        merged: dict[str, float] = {}
+        for part in test_metrics:
+            merged.update({k: float(v) for k, v in part.items()})
+        predictions = write_predictions(out, module.predictions) if trainer.is_global_zero else {}
+        val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        results = write_results(
+            out,
+            cfg=cfg,
+            method=method_name(cfg),
+            test_metrics=merged,
+            val_metrics=val,
+            checkpoint=best_ckpt,
+            predictions=predictions,
+            store=dm.store,
+            epochs_run=int(trainer.current_epoch),
+            best_val=best_val,
+            write=trainer.is_global_zero,
+        )
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns the monitored validation value (for sweepers such as Optuna)."""
+    results = train(cfg)
+    value = results.get(str(cfg.monitor).replace("val/", "best_val/"))
+    return float(value) if value is not None else None
+
+
+if __name__ == "__main__":
+    main()

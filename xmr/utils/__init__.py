@@ -1,0 +1,1 @@
+"""Small shared helpers: safe instantiation, atomic writes, logging."""
