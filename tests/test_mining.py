@@ -343,6 +343,26 @@ def test_images_without_captions(tmp_path: Path) -> None:
     assert np.isin(t2i.candidates, captionless).any()  # still valid t2i negatives
 
 
+def test_hygiene_check_built_into_mining(
+    store: FeatureStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A miner that let siblings into the pool is stopped before anything is written."""
+    import dataclasses
+
+    import xmr.data.lists as lists_mod
+
+    real_build = lists_mod.build_problem
+
+    def leaky_build(*args, **kwargs):  # type: ignore[no-untyped-def]
+        problem, skipped = real_build(*args, **kwargs)
+        return dataclasses.replace(problem, excl_count=np.zeros_like(problem.excl_count)), skipped
+
+    monkeypatch.setattr(lists_mod, "build_problem", leaky_build)
+    with pytest.raises(ListsError, match="just mined"):
+        mine_lists(store, tmp_path / "l", pool=10_000, hard=50)
+    assert list(tmp_path.iterdir()) == []  # atomic: no directory, no temp leftovers
+
+
 # ---------------------------------------------------------------------------------- validation
 
 

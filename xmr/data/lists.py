@@ -116,6 +116,16 @@ def lists_filename(direction: str, split: str) -> str:
     return f"{direction}_{split}.npz"
 
 
+def default_lists_dir(store_root: str | Path, tag: str) -> Path:
+    """The default location of a lists directory: ``<store>/lists/<tag>`` (see docs/DESIGN.md).
+
+    Shared stores are read-only; pass any other directory to :func:`mine_lists` there.
+    """
+    if not tag or "/" in tag or tag.startswith("."):
+        raise ListsError(f"tag: must be a plain directory name, got {tag!r}")
+    return Path(store_root) / "lists" / tag
+
+
 # --------------------------------------------------------------------------------------------
 # Array-level core
 # --------------------------------------------------------------------------------------------
@@ -345,7 +355,7 @@ def _select_per_group(
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
     """float32 copy with L2-normalised rows (the store's float16 rows are only nearly unit)."""
-    out = np.asarray(x, dtype=np.float32).copy()
+    out = np.array(x, dtype=np.float32)  # one converting copy (x may be a float16 gather)
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     out /= np.maximum(norms, 1e-12)
     return out
