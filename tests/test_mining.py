@@ -492,6 +492,20 @@ def test_timing_mid_size(tmp_path: Path) -> None:
     assert read_lists_meta(out)["stats"]["i2t_train"]["num_lists"] == 8000
 
 
+def test_tiny_store_fixture_defaults(tiny_store: Path, tmp_path: Path) -> None:
+    """Paper defaults (pool 200, hard 50) on the shared tiny synthetic store (60/20/20 images)."""
+    st = FeatureStore.open(tiny_store)
+    out = mine_lists(st, tmp_path / "l")
+    for direction, split in FILES:
+        lists = load_lists(out, direction, split, st)
+        n_img = st.split_image_ids(split).size
+        assert lists.num_lists == n_img
+        # t2i: at most n_img - 1 negative images exist; i2t: 5 * (n_img - 1) negative captions.
+        negatives = min(50, n_img - 1) if direction == "t2i" else min(50, 5 * (n_img - 1))
+        assert lists.list_length == negatives + 1
+        assert lists.mask.all() and (lists.labels.sum(axis=1) == 1).all()
+
+
 def test_real_flickr8k_zeroshot_bridge(tmp_path: Path) -> None:
     if not (REAL_STORE / "manifest.json").is_file():
         pytest.skip(f"real store absent: {REAL_STORE}")

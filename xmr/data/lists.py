@@ -18,8 +18,13 @@ Mining, per query (paper, "Hard-negative lists"):
    ``joint_space`` store) or ``hard`` random ones (``strategy="random"``, any store).
 3. Add the positive(s), then shuffle each list so the positive has no fixed slot.
 
-Lists of one file share the length L = ``hard`` + the largest number of positives; shorter lists
-(fewer captions, short pools) are padded at the end with candidate id -1 and label 0.
+Lists of one file share one length L, that of its longest list (``hard`` + the largest number of
+positives, unless every pool of the file is short); shorter lists (fewer captions, short pools) are
+padded at the end with candidate id -1 and label 0.
+
+Data hygiene is checked on every mined file before anything is written (:func:`check_lists`, the
+same rules as :func:`load_lists`): queries and candidates all from the file's split, label 1 iff
+relevant (so a sibling caption is never a negative), no duplicates, a positive in every list.
 
 Query and positive selection (seeded, documented choice):
 
