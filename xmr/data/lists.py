@@ -346,7 +346,7 @@ def _select_per_group(
         rank (N,) int64 in [0, group size), keep (N,) bool (rank < k).
     """
     n = group.shape[0]
-    keys = rng.random(n)
+    keys = rng.random((n,))  # (N,)
     order = np.lexsort((keys, group))  # by group, then by random key
     g_sorted = group[order]
     first = np.ones(n, dtype=bool)
@@ -404,6 +404,10 @@ def build_problem(
     skipped = int(img_ids.size - groups.size)
     group_of = np.repeat(np.arange(groups.size), g_count)  # (N_txt_split,)
     with_emb = image_emb is not None and text_emb is not None
+
+    def unit_rows(arr: np.ndarray | None, ids: np.ndarray) -> np.ndarray | None:
+        return _unit_rows(arr[ids]) if with_emb and arr is not None else None
+
     if direction == "t2i":
         _, keep = _select_per_group(group_of, t2i_captions_per_image, rng)
         q_local = np.flatnonzero(keep)
@@ -416,8 +420,8 @@ def build_problem(
             excl_start=img_pos.astype(np.int64),
             excl_count=np.ones(query_ids.size, dtype=np.int64),
             positives=img_pos.astype(np.int64)[:, None],
-            query_emb=_unit_rows(text_emb[query_ids]) if with_emb else None,
-            cand_emb=_unit_rows(image_emb[img_ids]) if with_emb else None,
+            query_emb=unit_rows(text_emb, query_ids),
+            cand_emb=unit_rows(image_emb, img_ids),
         )
     elif direction == "i2t":
         rank, keep = _select_per_group(group_of, i2t_positives, rng)
@@ -432,8 +436,8 @@ def build_problem(
             excl_start=g_start.astype(np.int64),
             excl_count=g_count.astype(np.int64),
             positives=positives,
-            query_emb=_unit_rows(image_emb[groups]) if with_emb else None,
-            cand_emb=_unit_rows(text_emb[txt_ids]) if with_emb else None,
+            query_emb=unit_rows(image_emb, groups),
+            cand_emb=unit_rows(text_emb, txt_ids),
         )
     else:
         raise ListsError(f"direction: must be one of {DIRECTIONS}, got {direction!r}")
