@@ -68,23 +68,31 @@ def sinkhorn(
     number: no data-dependent early stop, so no host-device synchronisation). ``last`` names the
     marginal normalised last, which is therefore exact: ``"rows"`` (each row sums to 1) or
     ``"columns"``. Only the real block (``row_real (B, L)`` x ``col_real (B, L)``) is scaled;
-    padded rows and columns must be 0 on entry and are divided by 1, so they stay 0 with a
-    finite gradient.
+    padded rows and columns must be 0 on entry and stay 0 with a finite gradient.
+
+    Computed in the equivalent scaling-vector form ``diag(u) K diag(v)``: each round is two
+    batched matrix-vector products, and autograd stores vectors, not ``(B, L, L)`` matrices.
     """
     one = matrix.new_ones(())
+    u = row_real.to(matrix.dtype)  # (B, L) row scaling
+    v = col_real.to(matrix.dtype)  # (B, L) column scaling
 
-    def scale_rows(mat: Tensor) -> Tensor:
-        row_sum = mat.sum(dim=2, keepdim=True).clamp(min=eps)  # (B, L, 1)
-        return mat / torch.where(row_real[:, :, None], row_sum, one)
+    def scale_rows(v: Tensor) -> Tensor:  # rows of diag(u) K diag(v) sum to 1
+        row_sum = torch.einsum("bri,bi->br", matrix, v).clamp(min=eps)  # (B, L)
+        return torch.where(row_real, 1.0 / row_sum, one)
 
-    def scale_columns(mat: Tensor) -> Tensor:
-        col_sum = mat.sum(dim=1, keepdim=True).clamp(min=eps)  # (B, 1, L)
-        return mat / torch.where(col_real[:, None, :], col_sum, one)
+    def scale_columns(u: Tensor) -> Tensor:  # columns sum to 1
+        col_sum = torch.einsum("bri,br->bi", matrix, u).clamp(min=eps)  # (B, L)
+        return torch.where(col_real, 1.0 / col_sum, one)
 
-    first, second = (scale_columns, scale_rows) if last == "rows" else (scale_rows, scale_columns)
     for _ in range(iterations):
-        matrix = second(first(matrix))
-    return matrix
+        if last == "rows":
+            v = scale_columns(u)
+            u = scale_rows(v)
+        else:
+            u = scale_rows(v)
+            v = scale_columns(u)
+    return u[:, :, None] * matrix * v[:, None, :]
 
 
 class _NeuralNDCGBase(nn.Module):
