@@ -177,14 +177,28 @@ class CaptionDataset:
         )
 
     def sample_images(self, max_images: int, seed: int = 0) -> CaptionDataset:
-        """A seeded random subset of ``max_images`` images (original order kept) and captions."""
+        """A seeded random subset of ``max_images`` images and their captions, stratified by split.
+
+        Each non-empty split gets ``round(max_images * n_split / N_img)`` images, at least one
+        (the largest split absorbs the rounding difference), so small smoke-run subsets keep
+        train, val and test. Images keep their original order.
+        """
         if max_images <= 0:
             raise DatasetError(f"max_images must be positive, got {max_images}")
         if max_images >= self.num_images:
             return self
         rng = np.random.default_rng(seed)
-        keep = np.sort(rng.choice(self.num_images, size=max_images, replace=False))
-        return self.subset(keep)
+        members = [np.flatnonzero(self.image_split == code) for code in SPLITS.values()]
+        alloc = [
+            max(1, round(max_images * m.size / self.num_images)) if m.size else 0 for m in members
+        ]
+        largest = int(np.argmax([m.size for m in members]))
+        alloc[largest] = max(1, alloc[largest] + max_images - sum(alloc))
+        keep = [
+            rng.choice(m, size=min(a, m.size), replace=False)
+            for m, a in zip(members, alloc, strict=True)
+        ]
+        return self.subset(np.sort(np.concatenate(keep)))
 
     def check_images(self, *, skip_missing: bool = False) -> CaptionDataset:
         """Check that every image file exists.
