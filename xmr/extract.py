@@ -45,6 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xmr.data.adapters import CaptionDataset, DatasetError, build_dataset
 from xmr.data.store import write_store
+from xmr.paths import CONF_DIR
 
 __all__ = ["ExtractError", "load_open_clip", "main", "run_extraction", "work_dir_for"]
 
@@ -533,7 +534,7 @@ def run_extraction(cfg: Any, *, on_chunk: ChunkHook | None = None) -> Path:
     return path
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="extract")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="extract")
 def main(cfg: DictConfig) -> None:
     """Entry point of ``xmr extract`` / ``python -m xmr.extract``: prints the store's path."""
     if cfg.get("threads"):

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from xmr.data.datamodule import prepare_store_and_lists
 from xmr.data.lists import mine_lists
 from xmr.data.store import FeatureStore
+from xmr.paths import CONF_DIR
 from xmr.utils.instantiate import instantiate
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ def _datamodule(cfg: DictConfig):  # noqa: ANN202
     return instantiate(cfg.data, where="data")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="prepare")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="prepare")
 def synth_main(cfg: DictConfig) -> None:
     """Generate the data config's synthetic store (refuses a data config without `synth`)."""
     from xmr.data.synth import PRESETS, SynthConfig, write_synthetic_store
@@ -47,7 +48,7 @@ def synth_main(cfg: DictConfig) -> None:
     print(f"wrote SYNTHETIC store {store} in {time.perf_counter() - t0:.1f} s")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="prepare")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="prepare")
 def mine_main(cfg: DictConfig) -> None:
     """Mine the data config's candidate lists (generating a synthetic store first if needed)."""
     dm = _datamodule(cfg)

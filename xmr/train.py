@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from xmr.config import validate_config
 from xmr.data.datamodule import XMRDataModule
 from xmr.models.module import RankingModule
+from xmr.paths import CONF_DIR
 from xmr.results import method_name, write_predictions, write_results
 from xmr.utils.instantiate import instantiate
 from xmr.utils.io import atomic_write_text
@@ -127,7 +128,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the monitored validation value (for sweepers such as Optuna)."""
     results = train(cfg)
