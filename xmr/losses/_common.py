@@ -117,7 +117,7 @@ def pessimistic_ranks(scores: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
 
 
 def rank_discounts(length: int, k: int | None, like: Tensor) -> Tensor:
-    """``(length,)`` DCG discounts ``1 / log2(r + 1)`` for ranks ``r = 1..length``; 0 beyond ``k``."""
+    """``(length,)`` DCG discounts ``1 / log2(r + 1)``, ranks ``r = 1..length``; 0 beyond ``k``."""
     ranks = torch.arange(1, length + 1, device=like.device, dtype=like.dtype)
     disc = 1.0 / torch.log2(ranks + 1.0)
     if k is not None:

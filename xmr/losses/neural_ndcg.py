@@ -96,7 +96,7 @@ def sinkhorn(
 
 
 class _NeuralNDCGBase(nn.Module):
-    """Shared NeuralSort + Sinkhorn pipeline; subclasses choose how ``P`` meets gains and discounts."""
+    """Shared NeuralSort + Sinkhorn pipeline; subclasses say how ``P`` meets gains and discounts."""
 
     sinkhorn_last: Literal["rows", "columns"] = "rows"
 
