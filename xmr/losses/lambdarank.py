@@ -125,3 +125,6 @@ class LambdaRankLoss(LambdaLoss):
 
     def __init__(self, sigma: float = 1.0, k: int | None = None) -> None:
         super().__init__(weighting="lambdarank", sigma=sigma, k=k)
+
+    def extra_repr(self) -> str:
+        return f"sigma={self.sigma}, k={self.k}"

@@ -24,6 +24,10 @@ class ListMLELoss(nn.Module):
     deterministic and invariant to the order of the list. Implemented without sorting: item
     ``i``'s term is ``logsumexp`` over the real items ``j`` not placed before it.
 
+    With binary labels most of the value is the NLL of the negatives' own order (about
+    ``log(n_neg!)`` when their scores tie: ≈ 148 for 50 negatives), which rewards spreading the
+    negatives' scores apart; the ranking signal comes from the positives' terms.
+
     Reduction: mean over lists with at least one real positive; lists without one are skipped.
 
     Shapes: ``scores``, ``labels``, ``mask`` ``(B, L)``; returns a scalar. Memory ``O(B L^2)``.
