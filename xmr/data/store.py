@@ -26,6 +26,7 @@ tool reads it; image ids containing such characters are rejected (they name file
 
 from __future__ import annotations
 
+import codecs
 import ctypes
 import ctypes.util
 import errno
@@ -87,20 +88,38 @@ def _is_int(x: Any) -> bool:
 
 
 def _count_lines(path: Path) -> int:
-    """Number of lines as :func:`_read_lines` splits them (``"\\n"`` separators only)."""
+    """Number of lines as :func:`_read_lines` splits them (``"\\n"`` separators only).
+
+    Also checks that the file is valid UTF-8 (incrementally, in the same single pass), so that
+    :meth:`FeatureStore.captions` / :meth:`FeatureStore.images` cannot fail later.
+    """
     n = 0
     last = b""
+    decoder = codecs.getincrementaldecoder("utf-8")()
     with open(path, "rb") as fh:
-        while block := fh.read(1 << 22):
-            n += block.count(b"\n")
-            last = block[-1:]
+        try:
+            while block := fh.read(1 << 22):
+                n += block.count(b"\n")
+                last = block[-1:]
+                decoder.decode(block)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as exc:
+            raise StoreError(
+                f"{path}: not valid UTF-8 text ({exc.reason} at byte {exc.start})"
+            ) from exc
     if last and last != b"\n":
         n += 1  # final line without a trailing newline
     return n
 
 
 def _read_lines(path: Path) -> list[str]:
-    text = path.read_text(encoding="utf-8")
+    # newline="": no universal-newline translation, so a stray "\r" never makes an extra line
+    # (lines are split on "\n" only, exactly as _count_lines counts them).
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            text = fh.read()
+    except UnicodeDecodeError as exc:
+        raise StoreError(f"{path}: not valid UTF-8 text ({exc.reason})") from exc
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()
