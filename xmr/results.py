@@ -30,6 +30,8 @@ first; ties broken pessimistically as in the metrics; padding last)::
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from xmr.data.store import FeatureStore
 from xmr.utils.io import atomic_write, atomic_write_json
+
+log = logging.getLogger(__name__)
 
 RESULTS_FORMAT = "xmr-results/1"
 
@@ -130,4 +134,80 @@ def write_results(
     results["config"] = OmegaConf.to_container(cfg, resolve=True)
     if write:
         atomic_write_json(out / "results.json", results)
+    return results
+
+
+#: Config keys that do not change what a run computes: a rerun with other values still counts as
+#: the same job (paths move with the checkout; threads / progress bars / resume are run-time only).
+RERUN_NEUTRAL_KEYS = (
+    "paths",
+    "hydra",
+    "resume",
+    "threads",
+    "skip_finished",
+    "trainer.enable_progress_bar",
+)
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): node}
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    flat = _flatten(config)
+    return {
+        k: v
+        for k, v in flat.items()
+        if not any(k == n or k.startswith(n + ".") for n in RERUN_NEUTRAL_KEYS)
+    }
+
+
+def finished_results(out: str | Path, cfg: DictConfig) -> dict[str, Any] | None:
+    """The results of a run that already finished in ``out`` with the same config, else ``None``.
+
+    A run counts as finished when ``out/results.json`` is a complete ``xmr-results/1`` file (test
+    metrics present, every predictions file it names present) whose saved config equals ``cfg``
+    (resolved) up to :data:`RERUN_NEUTRAL_KEYS`. Sweeps call this first so that a rerun skips the
+    jobs that finished and redoes those that failed or were interrupted (no results.json yet).
+    ``skip_finished=false`` in the config (``+skip_finished=false`` on the command line) turns it
+    off. Returns ``None`` — and logs why — whenever the run has to be (re)done.
+    """
+    out = Path(out)
+    path = out / "results.json"
+    if not path.is_file() or not cfg.get("skip_finished", True):
+        return None
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        log.warning("%s: unreadable (%s); running the job again", path, err)
+        return None
+    if not isinstance(results, dict) or results.get("format") != RESULTS_FORMAT:
+        log.warning("%s: not an %s file; running the job again", path, RESULTS_FORMAT)
+        return None
+    if not any(k.startswith("test/") for k in results):
+        log.warning("%s: no test metrics; running the job again", path)
+        return None
+    missing = [n for n in (results.get("predictions") or {}).values() if not (out / n).is_file()]
+    if missing:
+        log.warning("%s: predictions file(s) %s missing; running the job again", path, missing)
+        return None
+    try:
+        current = _comparable(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    except Exception as err:  # an unresolvable interpolation: cannot prove it is the same job
+        log.warning("%s: config does not resolve (%s); running the job again", path, err)
+        return None
+    saved = _comparable(results.get("config") or {})
+    if saved != current:
+        differ = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+        log.warning(
+            "%s: written for another config (differs at %s); running the job again",
+            path,
+            ", ".join(differ[:5]) + (" …" if len(differ) > 5 else ""),
+        )
+        return None
     return results
