@@ -88,12 +88,14 @@ def _register_model_config(name: str, config: Mapping[str, Any] | str, where: Pa
 
     if isinstance(config, str):
         try:
-            config = json.loads(Path(config).read_text(encoding="utf-8"))
+            loaded = json.loads(Path(config).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise ExtractError(
                 f"model.config: cannot read JSON model config {config} ({exc})"
             ) from exc
-    cfg = json.loads(json.dumps(dict(config)))  # plain, JSON-able copy
+    else:
+        loaded = dict(config)
+    cfg = json.loads(json.dumps(loaded))  # plain, JSON-able copy
     missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in cfg]
     if missing:
         raise ExtractError(f"model.config: open_clip model config lacks keys {missing}")
@@ -315,12 +317,12 @@ def _encode_kind(
     if not batches:
         return 0, 0.0
     # Captions: tokenized in the main process (cheap); images: decoded by `num_workers` workers.
-    text = isinstance(items, _TextItems)
+    text = items.collate if isinstance(items, _TextItems) else None
     loader = torch.utils.data.DataLoader(
         items,
         batch_sampler=batches,
         num_workers=0 if text else num_workers,
-        collate_fn=items.collate if text else None,
+        collate_fn=text,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )
@@ -357,7 +359,7 @@ def _plain(cfg: Any) -> dict[str, Any]:
         # Key by key, skipping `paths`/`hydra`: their `${hydra:...}` interpolations only resolve
         # under @hydra.main, not with the compose API the tests use.
         return {
-            k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+            str(k): OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
             for k, v in ((k, cfg[k]) for k in cfg if k not in ("paths", "hydra"))
         }
     return json.loads(json.dumps(dict(cfg)))
@@ -462,21 +464,24 @@ def run_extraction(cfg: Any, *, on_chunk: ChunkHook | None = None) -> Path:
     _prepare_work_dir(work, key, bool(c.get("restart", False)))
 
     # 3. encode, chunk by chunk
-    common = {
-        "work": work,
-        "chunk_size": chunk_size,
-        "batch_size": batch_size,
-        "num_workers": int(c.get("num_workers", 0)),
-        "device": device,
-        "progress": bool(c.get("progress", True)),
-        "on_chunk": on_chunk,
-    }
     speed: dict[str, float] = {}
-    for kind, items, encode in (
-        ("image", _ImageItems(ds, preprocess, skip_missing), model.encode_image),
-        ("text", _TextItems(ds, tokenizer), model.encode_text),
-    ):
-        n_done, secs = _encode_kind(kind, items, encode, **common)
+    jobs: list[tuple[str, torch.utils.data.Dataset, Callable[[torch.Tensor], torch.Tensor]]] = [
+        ("image", _ImageItems(ds, preprocess, skip_missing), model.encode_image),  # type: ignore[list-item]
+        ("text", _TextItems(ds, tokenizer), model.encode_text),  # type: ignore[list-item]
+    ]
+    for kind, items, encode in jobs:
+        n_done, secs = _encode_kind(
+            kind,
+            items,
+            encode,
+            work=work,
+            chunk_size=chunk_size,
+            batch_size=batch_size,
+            num_workers=int(c.get("num_workers", 0)),
+            device=device,
+            progress=bool(c.get("progress", True)),
+            on_chunk=on_chunk,
+        )
         if n_done:
             speed[kind] = n_done / secs
             log.info(
