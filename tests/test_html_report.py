@@ -1,0 +1,147 @@
+"""report.html: self-contained, the table, plots and gallery; rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_report import tiny_sweep_root
+
+from xmr.data.store import FeatureStore, write_store
+from xmr.html_report import _StoreView
+from xmr.report import main
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+CHROMIUM = shutil.which("chromium") or (
+    "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+)
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of small JPEGs named as the tiny sweep store's images.txt (made here, not real)."""
+    root = tiny_sweep_root(tmp_path_factory.getbasetemp())
+    folder = tmp_path_factory.mktemp("photos")
+    names = FeatureStore.open(root / "store").images()
+    for i, name in enumerate(names):
+        colour = (37 * i % 256, 91 * i % 256, 173 * i % 256)
+        Image.new("RGB", (200, 150), colour).save(folder / Path(name).name, "JPEG")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def html_report(tmp_path_factory: pytest.TempPathFactory, photos: Path) -> Path:
+    root = tiny_sweep_root(tmp_path_factory.getbasetemp())
+    out = tmp_path_factory.mktemp("html")
+    main(
+        [str(root / "runs"), "--out", str(out), "--images", str(photos), "--resamples", "500"]
+        + ["--gallery", "3"]
+    )
+    return out / "report.html"
+
+
+@pytest.mark.slow  # uses the tiny sweep
+def test_page_is_self_contained_with_table_plots_and_gallery(html_report: Path) -> None:
+    page = html_report.read_text(encoding="utf-8")
+    srcs = re.findall(r'src="([^"]*)"', page)
+    assert srcs and all(s.startswith("data:image/") for s in srcs)  # nothing external
+    assert "href=" not in page and "<link" not in page
+    assert 'id="table2"' in page and 'id="significance"' in page and 'id="unfinished"' in page
+    assert 'id="synthetic"' in page and "SYNTHETIC DATA" in page
+    assert page.count("data:image/png") == 2  # the two plots
+    gallery = page.split('id="gallery"', 1)[1]
+    assert gallery.count('class="query"') == 2 * 3  # 3 queries per direction
+    assert gallery.count("data:image/jpeg") >= 3 * 5  # t2i candidates are photo thumbnails
+    assert "CLIP cosine" in gallery and ("listnet" in gallery or "ranknet" in gallery)
+
+
+@pytest.mark.slow
+def test_gallery_falls_back_to_captions_without_photos(tmp_path_factory, tmp_path) -> None:
+    root = tiny_sweep_root(tmp_path_factory.getbasetemp())
+    main([str(root / "runs"), "--out", str(tmp_path), "--no-plots", "--resamples", "100"])
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "data:image/jpeg" not in page and "No photo folder given" in page
+    assert "synthetic caption" in page  # caption text of the store instead of photos
+
+
+@pytest.mark.slow
+def test_chromium_renders_the_page(html_report: Path, tmp_path: Path) -> None:
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed (apt-get install -y chromium; .ci/run installs it)")
+    flags = [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    url = html_report.resolve().as_uri()
+    dom = subprocess.run(
+        [*flags, "--virtual-time-budget=10000", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    body = re.search(r"<body([^>]*)>", dom.stdout)
+    assert body is not None, dom.stdout[:500]
+    total = re.search(r'data-images-total="(\d+)"', body.group(1))
+    loaded = re.search(r'data-images-loaded="(\d+)"', body.group(1))
+    assert total and loaded, "the page's load script did not run"
+    assert int(total.group(1)) >= 2 + 15 and loaded.group(1) == total.group(1)  # all decoded
+    assert 'id="table2"' in dom.stdout and "listnet" in dom.stdout
+
+    shot = tmp_path / "shot.png"
+    res = subprocess.run(
+        [*flags, "--window-size=1280,2400", f"--screenshot={shot}", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0 and shot.exists(), res.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float32)
+    assert pixels.shape[:2] == (2400, 1280)
+    assert pixels.std() > 20  # not a blank page
+    banner = pixels[:300][np.all(np.abs(pixels[:300] - [176, 0, 32]) < 30, axis=-1)]
+    assert len(banner) > 5000  # the red SYNTHETIC banner is on screen
+
+
+def test_thumbnails_from_the_shared_real_photos(tmp_path: Path) -> None:
+    folder = SHARED / "data" / "flickr8k-1k" / "images"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} absent: the real shared photos are not beside this checkout")
+    names = sorted(p.name for p in folder.glob("*.jpg"))[:6]
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(6, 8))
+    write_store(
+        tmp_path / "store",
+        image_emb=emb,
+        text_emb=emb,
+        text_image=np.arange(6),
+        image_split=np.array([0, 0, 1, 1, 2, 2], np.uint8),
+        images=names,
+        captions=[f"caption {i}" for i in range(6)],
+        encoder={"name": "test"},
+        joint_space=True,
+    )
+    view = _StoreView(str(tmp_path / "store"), folder)
+    uri = view.thumbnail(3)
+    assert uri is not None and uri.startswith("data:image/jpeg;base64,")
+    import base64
+    import io
+
+    thumb = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+    with Image.open(folder / names[3]) as original:
+        assert max(thumb.size) <= 160 and thumb.size[0] / thumb.size[1] == pytest.approx(
+            original.size[0] / original.size[1], rel=0.05
+        )
+    assert "<img" in view.image_html(3) and names[3] in view.image_html(3)
+    assert _StoreView(str(tmp_path / "store"), None).thumbnail(3) is None
