@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xmr.config import validate_config
 from xmr.data.datamodule import XMRDataModule
+from xmr.loggers import build_loggers, finish_loggers, log_config, log_final_results
 from xmr.models.module import RankingModule
 from xmr.paths import CONF_DIR
 from xmr.results import method_name, write_predictions, write_results
@@ -83,10 +85,30 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for name, c in (cfg.get("callbacks") or {}).items()
         if c is not None
     ]
-    loggers = instantiate(cfg.logger, where="logger") if cfg.get("logger") else False
+    loggers = build_loggers(cfg)
+    exit_code = 1
+    try:
+        results = _fit_and_test(cfg, out, dm, module, callbacks, loggers)
+        exit_code = 0
+        return results
+    finally:
+        # Ends the W&B run of this job even on error, so multirun jobs never share a run.
+        finish_loggers(loggers, exit_code=exit_code)
+
+
+def _fit_and_test(
+    cfg: DictConfig,
+    out: Path,
+    dm: XMRDataModule,
+    module: RankingModule,
+    callbacks: list[Any],
+    loggers: list[Any],
+) -> dict[str, Any]:
     trainer: L.Trainer = instantiate(
-        cfg.trainer, where="trainer", callbacks=callbacks, logger=loggers
+        cfg.trainer, where="trainer", callbacks=callbacks, logger=loggers or False
     )
+    if trainer.is_global_zero:
+        log_config(loggers, cfg)
 
     best_ckpt: Path | None = None
     best_val: float | None = None
@@ -125,12 +147,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             best_val=best_val,
             write=trainer.is_global_zero,
         )
+        if trainer.is_global_zero:
+            log_final_results(loggers, results)
     return results
+
+
+def _make_relaunchable() -> None:
+    """Let DDP's subprocess launcher re-run this job: it starts ``python sys.argv[0] ...`` for
+    each extra rank, and ``xmr train`` leaves ``sys.argv[0] == "xmr train"``; point it here."""
+    if not Path(sys.argv[0]).exists():
+        sys.argv[0] = str(Path(__file__).resolve())
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the monitored validation value (for sweepers such as Optuna)."""
+    _make_relaunchable()
     results = train(cfg)
     value = results.get(str(cfg.monitor).replace("val/", "best_val/"))
     return float(value) if value is not None else None

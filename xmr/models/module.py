@@ -30,6 +30,38 @@ def ranked_order(scores: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
     return torch.gather(by_label, 1, order)
 
 
+def gather_predictions(
+    local: Mapping[str, Mapping[str, np.ndarray]], world_size: int
+) -> dict[str, dict[str, np.ndarray]]:
+    """All ranks' test predictions, one row per query, in the order of the (unsharded) lists.
+
+    Under DDP the test loader uses a ``DistributedSampler(shuffle=False)``: rank ``r`` sees list
+    indices ``r, r + W, r + 2W, ...``, and the index sequence is padded with its own start to a
+    multiple of ``W``. Interleaving the ranks' rows restores the list order; the padding rows are
+    repeats of queries already present and are dropped (first occurrence kept, by query id —
+    every candidate list has its own query). Collective: every rank must call it.
+    """
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * world_size
+    dist.all_gather_object(gathered, {d: dict(a) for d, a in local.items()})
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for direction in gathered[0]:
+        parts = [g[direction] for g in gathered]
+        lengths = {len(p["query"]) for p in parts}
+        merged = {}
+        for key in parts[0]:
+            if len(lengths) == 1:  # interleave: row i of rank r is list i * W + r
+                stacked = np.stack([p[key] for p in parts], axis=1)  # (n, W, ...)
+                merged[key] = stacked.reshape(-1, *stacked.shape[2:])
+            else:
+                merged[key] = np.concatenate([p[key] for p in parts])
+        _, first = np.unique(merged["query"], return_index=True)
+        keep = np.sort(first)
+        out[direction] = {k: v[keep] for k, v in merged.items()}
+    return out
+
+
 class RankingModule(L.LightningModule):
     """Wraps one network per direction, the loss and an optimizer partial.
 
@@ -93,6 +125,7 @@ class RankingModule(L.LightningModule):
                 on_step=False,
                 on_epoch=True,
                 batch_size=len(sub["query"]),
+                sync_dist=True,
             )
             total = total + loss
         self.log(
@@ -102,6 +135,7 @@ class RankingModule(L.LightningModule):
             on_epoch=True,
             prog_bar=True,
             batch_size=max(len(sub["query"]) for sub in batch.values()),
+            sync_dist=True,
         )
         return total
 
@@ -119,6 +153,7 @@ class RankingModule(L.LightningModule):
                 on_epoch=True,
                 batch_size=len(batch["query"]),
                 add_dataloader_idx=False,
+                sync_dist=True,
             )
         if stage == "test" and self.collect_predictions:
             order = ranked_order(scores, labels, mask)  # (B, L)
@@ -164,11 +199,37 @@ class RankingModule(L.LightningModule):
         self._pred_parts = {}
 
     def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
-        self.predictions = {
+        local = {
             d: {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
             for d, parts in self._pred_parts.items()
         }
+        trainer = self._trainer
+        world_size = int(trainer.world_size) if trainer is not None else 1
+        if world_size > 1 and self.collect_predictions:
+            # DDP: DistributedSampler pads the last batch with repeated lists, so every rank's
+            # metrics and predictions hold a few duplicates. Gather all ranks' ranked lists,
+            # keep one row per query, and recompute the test metrics from them on every rank.
+            self.predictions = gather_predictions(local, world_size)
+            self._recompute_test_metrics(self.predictions)
+            self._log_epoch("test")
+            for d in self.directions:
+                self.metrics[f"test_{d}"].sync_on_compute = True
+                self.metrics[f"test_{d}"]._to_sync = True
+        else:
+            self._log_epoch("test")
+            self.predictions = local
+
+    def _recompute_test_metrics(self, predictions: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+        """Refill the test metrics from complete ranked lists, without cross-rank reduction."""
+        for d, arrays in predictions.items():
+            metric = self.metrics[f"test_{d}"]
+            metric.reset()
+            scores = torch.from_numpy(arrays["scores"]).to(self.device)  # (Q, L), NaN = padding
+            mask = ~torch.isnan(scores)
+            labels = torch.from_numpy(arrays["labels"].astype(np.float32)).to(self.device)
+            metric.update(scores.nan_to_num(0.0), labels, mask)
+            metric.sync_on_compute = False  # every rank holds all lists now
+            metric._to_sync = False
 
     # -- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

@@ -1,0 +1,114 @@
+"""Hydra launchers: SLURM (submitit) and local joblib configs compose; a real joblib multirun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from xmr.utils.instantiate import instantiate
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+def compose_hydra(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=True)
+
+
+def test_slurm_launcher_reads_its_defaults_from_the_environment(monkeypatch) -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    monkeypatch.setenv("XMR_SLURM_PARTITION", "gpu-a100")
+    monkeypatch.setenv("XMR_SLURM_TIMEOUT_MIN", "90")
+    monkeypatch.setenv("XMR_SLURM_GPUS", "2")
+    launcher = compose_hydra(["hydra/launcher=slurm"]).hydra.launcher
+    assert launcher._target_ == (
+        "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    )
+    assert launcher.partition == "gpu-a100"
+    assert launcher.timeout_min == 90 and launcher.gpus_per_node == 2
+    assert launcher.cpus_per_task == 4 and launcher.tasks_per_node == 1  # defaults
+    assert launcher.account is None
+
+
+def test_slurm_launcher_without_environment_has_no_partition(monkeypatch) -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    for var in ("XMR_SLURM_PARTITION", "XMR_SLURM_TIMEOUT_MIN", "XMR_SLURM_GPUS"):
+        monkeypatch.delenv(var, raising=False)
+    launcher = compose_hydra(["hydra/launcher=slurm"]).hydra.launcher
+    assert launcher.partition is None and launcher.timeout_min == 240
+    assert launcher.gpus_per_node == 1
+
+
+@pytest.mark.parametrize(
+    "option, target",
+    [
+        ("submitit_slurm", "hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+        ("submitit_local", "hydra_submitit_launcher.submitit_launcher.LocalLauncher"),
+        ("joblib", "hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+        ("local", "hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+    ],
+)
+def test_launcher_options_compose(option, target, monkeypatch) -> None:
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    monkeypatch.setenv("XMR_JOBS", "3")
+    cfg = compose_hydra([f"hydra/launcher={option}"])
+    assert cfg.hydra.launcher._target_ == f"hydra_plugins.{target}"
+    if option == "local":
+        assert cfg.hydra.launcher.n_jobs == 3 and cfg.hydra.launcher.backend == "loky"
+
+
+@pytest.mark.slow
+def test_joblib_multirun_runs_two_jobs_in_parallel(tiny_store, tmp_path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    overrides = [
+        "data=synthetic_tiny",
+        f"data.store={tiny_store}",
+        f"data.lists_root={tmp_path / 'lists'}",
+        "data.synth=null",
+        "loss=listnet",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        "threads=1",
+    ]
+    # Mine once up front: parallel jobs must not mine the same lists directory at once.
+    cfg = compose_hydra(overrides)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(ROOT)
+    instantiate(cfg.data).prepare_data()
+
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "XMR_LOGS": str(tmp_path / "logs"), "XMR_DATA": str(tmp_path / "data")}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "xmr.train",
+            "-m",
+            *overrides,
+            "hydra/launcher=local",
+            "hydra.launcher.n_jobs=2",
+            "seed=0,1",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
+    results = [json.loads(p.read_text()) for p in sorted(sweep.rglob("results.json"))]
+    assert sorted(r["seed"] for r in results) == [0, 1]
+    assert len({r["config"]["paths"]["output_dir"] for r in results}) == 2  # one dir per job
+    for r in results:
+        assert 0.0 <= r["test/t2i/recall@1"] <= r["test/t2i/recall@10"] <= 1.0

@@ -1,0 +1,183 @@
+"""Loggers: W&B offline runs (real wandb library, no network), CSV, TensorBoard, several at once."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from xmr.loggers import (
+    build_loggers,
+    read_offline_run,
+    results_table_rows,
+    run_names,
+    scrub_secrets,
+    wandb_mode,
+)
+from xmr.train import train
+
+pytest.importorskip("wandb")
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def make_cfg(tmp: Path, overrides: list[str], run: str = "run") -> DictConfig:
+    """Compose ``conf/train.yaml`` with ``overrides``; data, logs and the run dir under ``tmp``."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(CONF.parent)
+        cfg.paths.data_dir = str(tmp / "data")
+        cfg.paths.log_dir = str(tmp / "logs")
+        cfg.paths.output_dir = str(tmp / run)
+    return cfg
+
+
+@pytest.fixture(autouse=True)
+def offline_wandb(monkeypatch, tmp_path) -> None:
+    """W&B never reaches a network: offline, quiet, files under the test's tmp dir."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_CONSOLE", "off")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+
+
+def tiny_run(tiny_store: Path, tmp: Path, *extra: str) -> list[str]:
+    return [
+        "data=synthetic_tiny",
+        f"data.store={tiny_store}",
+        f"data.lists_root={tmp / 'lists'}",
+        "data.synth=null",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        "loss=listnet",
+        *extra,
+    ]
+
+
+def test_mode_is_offline_without_a_key_and_online_with_one(monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert wandb_mode() == "offline"
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password abc\n")
+    assert wandb_mode() == "online"
+    (tmp_path / "netrc").unlink()
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    assert wandb_mode() == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode() == "disabled"  # an explicit mode always wins
+    assert wandb_mode("offline") == "offline"
+
+
+def test_scrub_secrets_hides_keys_tokens_and_the_env_key(monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef")
+    cfg = {
+        "seed": 3,
+        "wandb": {"api_key": "x", "Token": "y", "project": "xmr"},
+        "hub": [{"secret": 1}, "url?key=0123456789abcdef"],
+        "db_password": "p",
+    }
+    clean = scrub_secrets(cfg)
+    assert clean["seed"] == 3 and clean["wandb"]["project"] == "xmr"
+    assert clean["wandb"]["api_key"] == clean["wandb"]["Token"] == "***"
+    assert clean["hub"][0]["secret"] == "***" and clean["db_password"] == "***"
+    assert "0123456789abcdef" not in json.dumps(clean)
+
+
+def test_run_names_group_seeds_of_one_setting(tmp_path) -> None:
+    cfg = make_cfg(tmp_path, ["data=synthetic_tiny", "loss=listnet"])
+    a = run_names(cfg, ["loss=listnet", "seed=0", "model.net.num_layers=1", "logger=wandb"])
+    b = run_names(cfg, ["seed=4", "loss=listnet", "model.net.num_layers=1", "logger=wandb"])
+    other = run_names(cfg, ["loss=listnet", "seed=0", "model.net.num_layers=2"])
+    assert a["group"] == b["group"] == "synthetic_tiny/listnet/model.net.num_layers=1"
+    assert other["group"] != a["group"]
+    assert a["name"] != b["name"] and "seed=0" in a["name"] and "logger" not in a["name"]
+    assert a["job_type"] == "train"
+
+
+def test_results_table_rows_one_row_per_direction() -> None:
+    results = {"method": "listnet", "seed": 1}
+    for d, base in (("t2i", 0.1), ("i2t", 0.2)):
+        results.update({f"test/{d}/recall@{k}": base * k / 10 for k in (1, 5, 10)})
+        results.update({f"test/{d}/ndcg@10": 0.5, f"test/{d}/mrr": 0.4})
+    columns, rows = results_table_rows(results)
+    assert columns[:6] == ["method", "seed", "direction", "R@1", "R@5", "R@10"]
+    assert [r[2] for r in rows] == ["i2t", "t2i"]
+    assert rows[1][3:6] == pytest.approx([1.0, 5.0, 10.0])  # 0.1·K/10 in percent
+
+
+@pytest.mark.parametrize("choice", ["csv", "tensorboard", "wandb", "[csv,wandb]", "many"])
+def test_logger_options_compose_into_loggers(tmp_path, choice) -> None:
+    cfg = make_cfg(tmp_path, ["data=synthetic_tiny", f"logger={choice}"])
+    loggers = build_loggers(cfg)
+    expected = {"csv": 1, "tensorboard": 1, "wandb": 1, "[csv,wandb]": 2, "many": 3}[choice]
+    assert len(loggers) == expected
+    with open_dict(cfg):
+        cfg.logger = None
+    assert build_loggers(cfg) == []
+
+
+def _run_dirs(out: Path) -> list[Path]:
+    return sorted((out / "wandb").glob("offline-run-*"))
+
+
+def _read_finished(run_dir: Path, timeout: float = 30.0) -> dict:
+    """The offline run once its exit record is on disk (W&B's service writes asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = read_offline_run(run_dir)
+        if run["exit_code"] is not None or time.monotonic() > deadline:
+            return run
+        time.sleep(0.2)
+
+
+def test_two_wandb_jobs_in_one_process_write_two_offline_runs(tiny_store, tmp_path) -> None:
+    results = []
+    for seed, choice in ((0, "many"), (1, "[csv,wandb]")):
+        cfg = make_cfg(
+            tmp_path,
+            tiny_run(tiny_store, tmp_path, f"logger={choice}", f"seed={seed}"),
+            f"s{seed}",
+        )
+        results.append(train(cfg))
+    import wandb
+
+    assert wandb.run is None  # each job finished its run
+    runs = [_read_finished(d) for out in ("s0", "s1") for d in _run_dirs(tmp_path / out)]
+    assert len(runs) == 2, "each job writes exactly one offline run in its own directory"
+    assert runs[0]["run"]["id"] != runs[1]["run"]["id"]
+    for seed, (run, res) in enumerate(zip(runs, results, strict=True)):
+        assert run["exit_code"] == 0 and run["config"]["seed"] == seed
+        assert "api_key" not in json.dumps(run["config"])
+        assert run["run"]["job_type"] == "train"
+        assert run["run"]["group"] == runs[0]["run"]["group"]  # seeds share a group
+        assert {"val/rsum", "test/t2i/recall@1", "test/i2t/recall@1"} <= run["history_keys"]
+        assert run["summary"]["test/t2i/recall@1"] == pytest.approx(res["test/t2i/recall@1"])
+        assert run["summary"]["test/table/nrows"] == 2  # the wandb.Table: one row per direction
+    # the CSV and TensorBoard loggers ran beside it
+    assert (tmp_path / "s0" / "csv" / "metrics.csv").stat().st_size > 0
+    events = list((tmp_path / "s0" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and all(e.stat().st_size > 0 for e in events)
+
+
+def test_wandb_run_is_finished_even_when_the_job_fails(tiny_store, tmp_path, monkeypatch) -> None:
+    import wandb
+
+    from xmr.models.module import RankingModule
+
+    def broken_step(self, batch, batch_idx):  # noqa: ANN001, ANN202
+        assert wandb.run is not None  # the run was started before fitting
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(RankingModule, "training_step", broken_step)
+    cfg = make_cfg(tmp_path, tiny_run(tiny_store, tmp_path, "logger=wandb"), "fail")
+    with pytest.raises(RuntimeError, match="injected failure"):
+        train(cfg)
+    assert wandb.run is None
+    (run_dir,) = _run_dirs(tmp_path / "fail")
+    assert _read_finished(run_dir)["exit_code"] == 1

@@ -1,0 +1,372 @@
+"""Experiment loggers: CSV (default), TensorBoard, Weights & Biases — one or several per run.
+
+``conf/logger/<name>.yaml`` holds ``{<name>: {_target_: ...}}``, so options combine on the command
+line: ``logger=wandb``, ``logger=[csv,wandb]``, ``logger=many`` (csv + tensorboard + wandb).
+:func:`build_loggers` instantiates them and fills W&B's run names from the sweep:
+
+* ``group``: what stays equal across the seeds of one setting — data name, method and every
+  override except the seed (and the run-management keys of ``hydra.job.config.override_dirname``),
+  e.g. ``synthetic_paper/listnet/trainer.max_epochs=1``, so a 5-seed sweep is one W&B group;
+* ``name``: the job's override dirname (``loss=listnet,seed=3``), else the run directory's name;
+* ``job_type``: the task name (``train``).
+
+W&B mode (:func:`wandb_mode`): ``WANDB_MODE`` when set, else ``online`` when an API key is
+configured (``WANDB_API_KEY`` or a netrc entry for the W&B host), else ``offline`` — runs are
+then written under ``<run dir>/wandb/offline-run-*`` and uploaded later with ``wandb sync <dir>``.
+
+The resolved config is logged with secrets removed (:func:`scrub_secrets`: any key naming a key,
+token, secret or password, and any ``WANDB_API_KEY``-like value, is replaced by ``"***"``). The
+final test table is logged as a ``wandb.Table`` (:func:`log_final_results`), and
+:func:`finish_loggers` ends the W&B run, so the jobs of a multirun never share a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import netrc
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from xmr.utils.instantiate import instantiate
+
+#: Keys whose values are never logged (matched case-insensitively against the key's last part).
+SECRET_KEY_PATTERN = re.compile(
+    r"(api[_-]?key|apikey|token|secret|password|passwd|credential)", re.I
+)
+#: Overrides that do not define a setting (seed varies inside a group; the others manage runs).
+GROUP_EXCLUDED_KEYS = ("seed", "resume", "threads", "trainer.enable_progress_bar", "hydra.verbose")
+DIRECTIONS = ("i2t", "t2i")
+
+
+def _netrc_has_entry(host: str) -> bool:
+    path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    if not path.is_file():
+        return False
+    try:
+        return netrc.netrc(str(path)).authenticators(host) is not None
+    except (netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_api_key_configured() -> bool:
+    """True when W&B could authenticate: ``WANDB_API_KEY`` set, or a netrc entry for its host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    return bool(host) and _netrc_has_entry(str(host))
+
+
+def wandb_mode(mode: str | None = None) -> str:
+    """The W&B mode: ``mode`` if given, else ``WANDB_MODE``, else online iff a key is configured."""
+    if mode:
+        return str(mode)
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if wandb_api_key_configured() else "offline"
+
+
+def make_wandb_logger(
+    *,
+    project: str = "xmr",
+    save_dir: str = ".",
+    mode: str | None = None,
+    group: str | None = None,
+    name: str | None = None,
+    job_type: str | None = None,
+    entity: str | None = None,
+    tags: Sequence[str] = (),
+    log_model: bool = False,
+    **kwargs: Any,
+) -> Logger:
+    """Lightning's ``WandbLogger`` with the mode chosen by :func:`wandb_mode`.
+
+    The W&B run is created lazily (first use of ``logger.experiment``, on global rank 0 only).
+    """
+    from lightning.pytorch.loggers import WandbLogger
+
+    resolved = wandb_mode(mode)
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    return WandbLogger(
+        project=project,
+        save_dir=save_dir,
+        offline=resolved == "offline",
+        log_model=log_model if resolved == "online" else False,
+        mode=resolved,
+        group=group,
+        name=name,
+        job_type=job_type,
+        entity=entity,
+        tags=list(tags),
+        **kwargs,
+    )
+
+
+def scrub_secrets(node: Any) -> Any:
+    """A copy of a (nested) mapping/list with the values of secret-looking keys replaced by ``***``.
+
+    A key is secret when its name contains api_key/apikey/token/secret/password/credential; a
+    string value equal to the ``WANDB_API_KEY`` environment value is scrubbed wherever it appears.
+    """
+    env_key = os.environ.get("WANDB_API_KEY")
+    if isinstance(node, Mapping):
+        return {
+            k: ("***" if SECRET_KEY_PATTERN.search(str(k)) else scrub_secrets(v))
+            for k, v in node.items()
+        }
+    if isinstance(node, (list, tuple)):
+        return [scrub_secrets(v) for v in node]
+    if isinstance(node, str) and env_key and env_key in node:
+        return node.replace(env_key, "***")
+    return node
+
+
+def _hydra_overrides() -> list[str] | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return list(HydraConfig.get().overrides.task)
+
+
+#: Override prefixes that never name a setting: where things are written and how they are logged.
+NON_SETTING_PREFIXES = ("logger", "paths.", "hydra.", "hydra/")
+
+
+def _override_dirname(overrides: Sequence[str], exclude: Sequence[str]) -> str:
+    kept = []
+    for item in sorted(overrides):
+        key = item.split("=", 1)[0].lstrip("+~")
+        if key not in exclude and not key.startswith(NON_SETTING_PREFIXES):
+            kept.append(item)
+    return ",".join(kept)
+
+
+def run_names(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[str, str]:
+    """W&B ``group`` / ``name`` / ``job_type`` of a run (see the module docstring).
+
+    ``overrides`` defaults to Hydra's task overrides (the command line) when Hydra is running.
+    """
+    from xmr.results import method_name
+
+    overrides = list(overrides) if overrides is not None else (_hydra_overrides() or [])
+    data_name = str(cfg.data.get("name", "data"))
+    method = method_name(cfg)
+    setting = _override_dirname(overrides, (*GROUP_EXCLUDED_KEYS, "loss", "data", "method"))
+    group = "/".join(p for p in (data_name, method, setting) if p)
+    name = _override_dirname(overrides, GROUP_EXCLUDED_KEYS[1:])
+    if not name:
+        out = cfg.get("paths", {}).get("output_dir") if "paths" in cfg else None
+        try:
+            name = Path(str(out)).name if out else ""
+        except Exception:  # noqa: BLE001 - unresolvable interpolation outside Hydra
+            name = ""
+    return {
+        "group": group,
+        "name": name or f"seed={cfg.get('seed', 0)}",
+        "job_type": str(cfg.get("task_name", "train")),
+    }
+
+
+def _logger_nodes(cfg: DictConfig) -> list[tuple[str, DictConfig]]:
+    node = cfg.get("logger")
+    if node is None or node is False:
+        return []
+    if isinstance(node, ListConfig):
+        return [(f"logger[{i}]", n) for i, n in enumerate(node) if n is not None]
+    if "_target_" in node:
+        return [("logger", node)]
+    return [(f"logger.{k}", v) for k, v in node.items() if v is not None]
+
+
+def _is_wandb_target(target: str) -> bool:
+    return target.endswith(("make_wandb_logger", "WandbLogger"))
+
+
+def build_loggers(cfg: DictConfig) -> list[Logger]:
+    """Instantiate every logger of ``cfg.logger`` (one node, a name → node mapping, or a list).
+
+    W&B loggers with ``group``/``name``/``job_type`` left null get them from :func:`run_names`.
+    """
+    loggers: list[Logger] = []
+    for where, node in _logger_nodes(cfg):
+        extra: dict[str, Any] = {}
+        if _is_wandb_target(str(node.get("_target_", ""))):
+            names = run_names(cfg)
+            extra = {k: v for k, v in names.items() if node.get(k) is None}
+        loggers.append(instantiate(node, where=where, **extra))
+    return loggers
+
+
+def _wandb_loggers(loggers: Sequence[Logger]) -> list[Logger]:
+    from lightning.pytorch.loggers import WandbLogger
+
+    return [lg for lg in loggers if isinstance(lg, WandbLogger)]
+
+
+def log_config(loggers: Sequence[Logger], cfg: DictConfig) -> None:
+    """Log the resolved config (secrets scrubbed) as hyper-parameters of every logger."""
+    if not loggers:
+        return
+    params = scrub_secrets(OmegaConf.to_container(cfg, resolve=True))
+    for lg in loggers:
+        lg.log_hyperparams(params)
+
+
+def results_table_rows(
+    results: Mapping[str, Any], ks: Sequence[int] = (1, 5, 10)
+) -> tuple[list[str], list[list[Any]]]:
+    """Columns and rows of the final test table: one row per direction, R@K in percent."""
+    columns = ["method", "seed", "direction", *[f"R@{k}" for k in ks], "ndcg@10", "mrr"]
+    rows = []
+    for direction in DIRECTIONS:
+        if f"test/{direction}/recall@{ks[0]}" not in results:
+            continue
+        row: list[Any] = [results.get("method"), results.get("seed"), direction]
+        row += [100.0 * float(results[f"test/{direction}/recall@{k}"]) for k in ks]
+        row += [
+            float(results.get(f"test/{direction}/ndcg@10", float("nan"))),
+            float(results.get(f"test/{direction}/mrr", float("nan"))),
+        ]
+        rows.append(row)
+    return columns, rows
+
+
+def log_final_results(loggers: Sequence[Logger], results: Mapping[str, Any]) -> None:
+    """Put the final test metrics in each W&B run's summary and log them as ``test/table``."""
+    wandb_loggers = _wandb_loggers(loggers)
+    if not wandb_loggers or not results:
+        return
+    import wandb
+
+    columns, rows = results_table_rows(results, ks=(1, 5, 10))
+    summary = {
+        k: float(v)
+        for k, v in results.items()
+        if k.startswith(("test/", "best_val/")) and isinstance(v, (int, float))
+    }
+    summary["synthetic"] = bool(results.get("synthetic", False))
+    if rank_zero_only.rank != 0:  # other ranks hold a dummy experiment
+        return
+    for lg in wandb_loggers:
+        run = lg.experiment
+        run.log({"test/table": wandb.Table(columns=columns, data=rows)})
+        run.summary.update(summary)
+
+
+def finish_loggers(loggers: Sequence[Logger], exit_code: int = 0) -> None:
+    """Flush every logger and end the W&B run (so the next job of a multirun starts its own)."""
+    for lg in loggers:
+        # Finishing must not mask the job's own error.
+        with contextlib.suppress(Exception):
+            lg.finalize("success" if exit_code == 0 else "failed")
+    if _wandb_loggers(loggers) or "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=exit_code)
+
+
+# -- reading an offline run back ---------------------------------------------------------------
+_WANDB_HEADER = 7  # b":W&B" + magic (2 bytes) + version (1 byte)
+_WANDB_BLOCK = 32768
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def _wandb_record_payloads(path: Path) -> list[bytes]:
+    """Payloads of a ``.wandb`` file (LevelDB log framing: 32 KiB blocks of records, each
+    ``crc32 (4) | length (2, little endian) | type (1) | data``; FIRST/MIDDLE/LAST chunks)."""
+    raw = Path(path).read_bytes()
+    if raw[:4] != b":W&B":
+        raise ValueError(f"{path}: not a W&B run file (header {raw[:4]!r}, expected b':W&B')")
+    payloads: list[bytes] = []
+    pending = b""
+    pos = _WANDB_HEADER
+    while pos + 7 <= len(raw):
+        left_in_block = _WANDB_BLOCK - pos % _WANDB_BLOCK
+        if left_in_block < 7:  # block trailer padding
+            pos += left_in_block
+            continue
+        length = int.from_bytes(raw[pos + 4 : pos + 6], "little")
+        kind = raw[pos + 6]
+        data = raw[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 0 and length == 0:  # zero padding
+            continue
+        if kind == _FULL:
+            payloads.append(data)
+        elif kind == _FIRST:
+            pending = data
+        elif kind == _MIDDLE:
+            pending += data
+        elif kind == _LAST:
+            payloads.append(pending + data)
+            pending = b""
+    return payloads
+
+
+def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
+    """What an offline W&B run directory (``wandb/offline-run-*``) recorded.
+
+    Returns ``{"run": {"id", "group", "name", "job_type", "project"}, "config": {key: value},
+    "summary": {key: value}, "history_keys": set[str], "exit_code": int | None}`` decoded from its ``run-*.wandb`` file
+    (values JSON-decoded; ``exit_code`` is None until the run's exit record is on disk — the
+    W&B service may still be writing for a moment after ``wandb.finish()``). For inspection and tests; ``wandb sync`` is the way to upload.
+    """
+    import json
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    files = sorted(Path(run_dir).glob("run-*.wandb"))
+    if not files:
+        raise FileNotFoundError(f"{run_dir}: no run-*.wandb file (not a W&B run directory)")
+    out: dict[str, Any] = {
+        "run": {},
+        "config": {},
+        "summary": {},
+        "history_keys": set(),
+        "exit_code": None,
+    }
+    for payload in _wandb_record_payloads(files[0]):
+        record = pb.Record()
+        try:
+            record.ParseFromString(payload)
+        except Exception:  # noqa: BLE001 - a torn last record of a killed run
+            continue
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            r = record.run
+            out["run"] = {
+                "id": r.run_id,
+                "group": r.run_group,
+                "name": r.display_name,
+                "job_type": r.job_type,
+                "project": r.project,
+            }
+            items = r.config.update
+        elif kind == "config":
+            items = record.config.update
+        elif kind == "summary":
+            for item in record.summary.update:
+                out["summary"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+            continue
+        elif kind == "exit":
+            out["exit_code"] = int(record.exit.exit_code)
+            continue
+        elif kind == "history":
+            out["history_keys"].update(i.key or "/".join(i.nested_key) for i in record.history.item)
+            continue
+        else:
+            continue
+        for item in items:
+            key = item.key or "/".join(item.nested_key)
+            out["config"][key] = json.loads(item.value_json)
+    return out
