@@ -9,7 +9,7 @@ DEMO_DIR ?= logs/demo
 DEMO_EPOCHS ?= 8
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all demo lint format clean
+.PHONY: help install test test-all demo reproduce lint format clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ demo: install ## SYNTHETIC demo: build a store, mine lists, train 4 losses, comp
 	    loss=lambdarank,neural_ndcg,listnet,ranknet hydra.sweep.dir=$(DEMO_DIR)/rankers
 	$(BIN)/xmr train experiment=demo model=cosine hydra.run.dir=$(DEMO_DIR)/clip_cosine
 	$(BIN)/xmr report $(DEMO_DIR) --out $(DEMO_DIR)
+
+reproduce: install ## the paper's pipeline: mine, 4 losses x 5 seeds + baselines, report (REPRO_EPOCHS=1 REPRO_SEEDS=1: quick)
+	$(BIN)/python -m xmr.reproduce
 
 lint: install ## ruff lint + format check
 	$(BIN)/ruff check xmr tests

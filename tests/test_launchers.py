@@ -112,3 +112,41 @@ def test_joblib_multirun_runs_two_jobs_in_parallel(tiny_store, tmp_path) -> None
     assert len({r["config"]["paths"]["output_dir"] for r in results}) == 2  # one dir per job
     for r in results:
         assert 0.0 <= r["test/t2i/recall@1"] <= r["test/t2i/recall@10"] <= 1.0
+
+
+def test_reproduce_plan_and_estimate_follow_the_environment(monkeypatch, tmp_path, capsys) -> None:
+    from xmr import reproduce
+
+    for var in ("XMR_FEATURES", "REPRO_STORE", "REPRO_DATA", "REPRO_BASELINES"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("REPRO_EPOCHS", "3")
+    monkeypatch.setenv("REPRO_SEEDS", "2")
+    monkeypatch.setenv("REPRO_DIR", str(tmp_path / "out"))
+    plan = reproduce.make_plan()
+    assert plan.data == "synthetic_paper" and plan.synthetic  # no real store configured
+    assert plan.ranker_jobs == 4 * 2 and plan.epochs == 3
+    models = {p.stem for p in (CONF / "model").glob("*.yaml")} - {"ranker"}
+    assert set(plan.trainable_baselines) | set(plan.fixed_baselines) == models
+    assert "cosine" in plan.fixed_baselines
+    # T = prepare + trained jobs x (job + E x epoch) + fixed jobs x job, with plugged-in costs
+    monkeypatch.setenv("REPRO_SEC_PER_EPOCH", "10")
+    monkeypatch.setenv("REPRO_SEC_PER_JOB", "2")
+    monkeypatch.setenv("REPRO_SEC_PREPARE", "5")
+    total, formula = reproduce.estimate(plan)
+    n_trained = 8 + 2 * len(plan.trainable_baselines)
+    assert total == 5 + n_trained * (2 + 3 * 10) + len(plan.fixed_baselines) * 2
+    assert "T_epoch" in formula
+
+    monkeypatch.setenv("REPRO_DRY_RUN", "1")
+    reproduce.main()
+    printed = capsys.readouterr().out
+    assert "SYNTHETIC" in printed and "expected wall time" in printed
+    assert not (tmp_path / "out").exists()  # a dry run runs nothing
+
+    monkeypatch.setenv("REPRO_SEEDS", "0")
+    with pytest.raises(SystemExit, match="REPRO_SEEDS='0'"):
+        reproduce.make_plan()
+    monkeypatch.setenv("REPRO_SEEDS", "1")
+    monkeypatch.setenv("XMR_FEATURES", str(tmp_path / "nowhere"))
+    with pytest.raises(SystemExit, match="nowhere/manifest.json"):
+        reproduce.make_plan()
