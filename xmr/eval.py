@@ -20,8 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from xmr.config import validate_config
 from xmr.data.datamodule import XMRDataModule
-from xmr.results import method_name, write_predictions, write_results
-from xmr.train import build_module, load_weights
+from xmr.full_gallery import run_protocol
+from xmr.results import write_predictions, write_results
+from xmr.train import build_module, load_weights, run_method
 from xmr.utils.instantiate import instantiate
 from xmr.utils.io import atomic_write_json
 
@@ -70,10 +71,12 @@ def evaluate(
     for part in trainer.test(module, datamodule=dm, verbose=False):
         merged.update({k: float(v) for k, v in part.items()})
     predictions = write_predictions(out_dir, module.predictions)
+    full, full_info = run_protocol(cfg, module.nets, dm.store)  # xmr.full_gallery
+    merged.update(full)
     results = write_results(
         out_dir,
         cfg=cfg,
-        method=method_name(cfg),
+        method=run_method(cfg),
         test_metrics=merged,
         val_metrics={},
         checkpoint=ckpt_path,
@@ -82,6 +85,8 @@ def evaluate(
         epochs_run=-1,
         write=False,
     )
+    if full_info is not None:
+        results["full_gallery"] = full_info
     atomic_write_json(out_dir / "eval_results.json", results)
     return results
 
@@ -99,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("usage: xmr eval run_dir=DIR [ckpt=FILE] [out=DIR] [key=value ...]")
     logging.basicConfig(level=logging.INFO)
     results = evaluate(opts["run_dir"], rest, opts.get("ckpt"), opts.get("out"))
-    for key in sorted(k for k in results if k.startswith("test/")):
+    for key in sorted(k for k in results if k.startswith(("test/", "test_full/"))):
         print(f"{key:32s} {results[key]:.4f}")
 
 

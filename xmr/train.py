@@ -27,12 +27,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from xmr.config import validate_config
 from xmr.data.datamodule import XMRDataModule
+from xmr.data.store import FeatureStore
+from xmr.full_gallery import run_protocol
 from xmr.loggers import build_loggers, finish_loggers, log_config, log_final_results
 from xmr.models.module import RankingModule
 from xmr.paths import CONF_DIR
 from xmr.results import method_name, write_predictions, write_results
-from xmr.utils.instantiate import instantiate
-from xmr.utils.io import atomic_write_text
+from xmr.utils.instantiate import ConfigError, instantiate
+from xmr.utils.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,32 @@ def output_dir_of(cfg: DictConfig) -> Path:
 
 
 def build_module(cfg: DictConfig, dm: XMRDataModule) -> RankingModule:
-    """The LightningModule for ``cfg``: one network per direction of ``dm``."""
+    """The LightningModule for ``cfg``: one network per direction of ``dm``, or, for a pairwise
+    baseline (``model.pairwise: true``), one model shared by both directions that trains on
+    (image, caption) pairs (:meth:`XMRDataModule.use_pair_training`)."""
+    if cfg.model.get("pairwise", False):
+        store = dm.store or FeatureStore.open(dm.store_path, check_norms=False)
+        factory = instantiate(cfg.model.net, where="model.net")
+        # t2i orientation: query = text, candidate = image (xmr.models.baselines).
+        pair_model = factory(
+            query_dim=store.text_dim, cand_dim=store.image_dim, num_classes=store.num_images
+        )
+        dm.use_pair_training(int(cfg.model.get("pair_batch_size", 128)))
+        return RankingModule(
+            networks={d: pair_model.view(d) for d in dm.directions},
+            loss=None,
+            optimizer=instantiate(cfg.optimizer, where="optimizer"),
+            scheduler=instantiate(cfg.scheduler, where="scheduler")
+            if cfg.get("scheduler")
+            else None,
+            ks=cfg.get("ks", (1, 5, 10)),
+            pair_model=pair_model,
+        )
+    if list(cfg.model.get("net", {}).get("interaction") or []) and not dm.joint_space:
+        raise ConfigError(
+            f"model.net.interaction={list(cfg.model.net.interaction)}: interaction features "
+            f"compare query and candidate in one space, but {dm.store_path} has joint_space: false"
+        )
     networks = {}
     for direction in dm.directions:
         query_dim, cand_dim = dm.dims(direction)
@@ -59,6 +86,19 @@ def build_module(cfg: DictConfig, dm: XMRDataModule) -> RankingModule:
         scheduler=instantiate(cfg.scheduler, where="scheduler") if cfg.get("scheduler") else None,
         ks=cfg.get("ks", (1, 5, 10)),
     )
+
+
+def run_method(cfg: DictConfig) -> str:
+    """Row name of a run in reports: ``method`` when set; the model name for pairwise baselines
+    (``dcca``, ``cmpm``, ...); else :func:`xmr.results.method_name` (the loss for rankers), with
+    ``+cosine+product+absdiff``-style suffixes when the ranker uses interaction features."""
+    if cfg.get("method"):
+        return str(cfg.method)
+    if cfg.model.get("pairwise", False):
+        return str(cfg.model.get("name", "pair_baseline"))
+    name = method_name(cfg)
+    inter = list(cfg.model.get("net", {}).get("interaction") or [])
+    return name + "".join(f"+{n}" for n in inter) if cfg.model.get("trainable", True) else name
 
 
 def load_weights(module: torch.nn.Module, ckpt: Path) -> None:
@@ -134,10 +174,12 @@ def _fit_and_test(
             merged.update({k: float(v) for k, v in part.items()})
         predictions = write_predictions(out, module.predictions) if trainer.is_global_zero else {}
         val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        full, full_info = run_protocol(cfg, module.nets, dm.store)  # xmr.full_gallery
+        merged.update(full)
         results = write_results(
             out,
             cfg=cfg,
-            method=method_name(cfg),
+            method=run_method(cfg),
             test_metrics=merged,
             val_metrics=val,
             checkpoint=best_ckpt,
@@ -145,8 +187,12 @@ def _fit_and_test(
             store=dm.store,
             epochs_run=int(trainer.current_epoch),
             best_val=best_val,
-            write=trainer.is_global_zero,
+            write=False,
         )
+        if full_info is not None:
+            results["full_gallery"] = full_info
+        if trainer.is_global_zero:
+            atomic_write_json(out / "results.json", results)
         if trainer.is_global_zero:
             log_final_results(loggers, results)
     return results

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,33 @@ class PairGatherer:
         }
 
 
+class TrainPairGatherer:
+    """Gathers (image, caption) pairs of the train split for pairwise baselines (picklable).
+
+    A batch is ``{"image": (B, D_img), "text": (B, D_txt), "image_id": (B,), "text_id": (B,)}``
+    (float32, int64): one row per train caption, with its image.
+    """
+
+    def __init__(
+        self, image_table: Tensor, text_table: Tensor, text_ids: Tensor, text_image: Tensor
+    ) -> None:
+        self.image_table, self.text_table = image_table, text_table  # (N_img, D), (N_txt, D)
+        self.text_ids, self.text_image = text_ids, text_image  # (P,) train captions, (N_txt,)
+
+    def __len__(self) -> int:
+        return len(self.text_ids)
+
+    def __call__(self, idx: list[int]) -> dict[str, Tensor]:
+        tid = self.text_ids[torch.as_tensor(idx, dtype=torch.long)]  # (B,)
+        iid = self.text_image[tid]  # (B,)
+        return {
+            "image": self.image_table[iid].float(),
+            "text": self.text_table[tid].float(),
+            "image_id": iid,
+            "text_id": tid,
+        }
+
+
 class XMRDataModule(L.LightningDataModule):
     """Feature store + candidate lists → batches of pair features.
 
@@ -146,6 +173,7 @@ class XMRDataModule(L.LightningDataModule):
         self.store: FeatureStore | None = None
         self._tables: dict[str, Tensor] = {}
         self._gatherers: dict[tuple[str, str], PairGatherer] = {}
+        self.pair_batch_size: int | None = None  # set by use_pair_training
 
     # -- preparation --------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -194,18 +222,68 @@ class XMRDataModule(L.LightningDataModule):
         return len(self._gatherers[(direction, split)].queries)
 
     # -- loaders -------------------------------------------------------------------------------
+    def gatherer(self, direction: str, split: str) -> PairGatherer:
+        """The batch gatherer of ``(direction, split)`` (after :meth:`setup`)."""
+        return self._gatherers[(direction, split)]
+
     def _loader(self, direction: str, split: str, shuffle: bool) -> DataLoader:
         gather = self._gatherers[(direction, split)]
+        # Shuffled loaders draw from their own generator, seeded from the run's seed
+        # (torch.initial_seed() after seed_everything) and the direction: the data order is a
+        # function of (seed, direction, epoch) alone, whatever else consumes random numbers.
+        generator = (
+            torch.Generator().manual_seed(train_order_seed(torch.initial_seed(), direction))
+            if shuffle
+            else None
+        )
         return DataLoader(
             _ListIndexDataset(len(gather.queries)),
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             shuffle=shuffle,
+            generator=generator,
             collate_fn=gather,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> CombinedLoader:
+    # -- pairs (pairwise baselines) -----------------------------------------------------------
+    def use_pair_training(self, batch_size: int) -> None:
+        """Make :meth:`train_dataloader` yield (image, caption) pair batches of the train split
+        (every train caption once per epoch, shuffled; the last short batch dropped) instead of
+        list batches. Validation and test still use the candidate lists."""
+        if int(batch_size) < 2:
+            raise ValueError(f"model.pair_batch_size={batch_size}: must be >= 2")
+        self.pair_batch_size = int(batch_size)
+
+    def _train_pairs(self) -> TrainPairGatherer:
+        if self.store is None:
+            raise RuntimeError("call setup() first")
+        return TrainPairGatherer(
+            self._tables["image"],
+            self._tables["text"],
+            torch.from_numpy(np.asarray(self.store.split_text_ids("train"), dtype=np.int64)),
+            torch.from_numpy(np.asarray(self.store.text_image, dtype=np.int64)),
+        )
+
+    def iter_train_pairs(self, chunk: int = 4096) -> Iterator[tuple[Tensor, Tensor]]:
+        """All train pairs in order, as ``(image (C, D_img), text (C, D_txt))`` chunks."""
+        gather = self._train_pairs()
+        for s in range(0, len(gather), chunk):
+            b = gather(list(range(s, min(s + chunk, len(gather)))))
+            yield b["image"], b["text"]
+
+    def train_dataloader(self) -> CombinedLoader | DataLoader:
+        if self.pair_batch_size is not None:
+            gather = self._train_pairs()
+            return DataLoader(
+                _ListIndexDataset(len(gather)),
+                batch_size=self.pair_batch_size,
+                shuffle=True,
+                drop_last=len(gather) > self.pair_batch_size,
+                collate_fn=gather,
+                num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0,
+            )
         loaders = {d: self._loader(d, "train", shuffle=True) for d in self.directions}
         return CombinedLoader(loaders, mode="max_size_cycle")
 
@@ -214,6 +292,12 @@ class XMRDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         return [self._loader(d, "test", shuffle=False) for d in self.directions]
+
+
+def train_order_seed(seed: int, direction: str) -> int:
+    """Seed of the shuffling generator of ``direction``'s training lists in a run seeded ``seed``
+    (also used by :mod:`xmr.ensemble`, whose members replay the same order)."""
+    return (int(seed) * 1_000_003 + 7919 * (1 + DIRECTIONS.index(direction))) % (2**63)
 
 
 def mining_tag(mining: Mapping[str, Any]) -> str:

@@ -73,6 +73,10 @@ class RankingModule(L.LightningModule):
         scheduler: optional partial ``optimizer -> LR scheduler`` (stepped per epoch).
         ks: cut-offs of Recall@K.
         collect_predictions: keep the ranked test lists for the predictions file.
+        pair_model: a pairwise baseline (:class:`xmr.models.baselines.PairEmbeddingModel`)
+            shared by both directions (``networks`` then hold its per-direction views). It
+            trains on pair batches (``image``, ``text``, ``image_id``) with its own
+            ``pair_loss``; ``loss`` may be None.
     """
 
     def __init__(
@@ -83,8 +87,11 @@ class RankingModule(L.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         ks: Sequence[int] = (1, 5, 10),
         collect_predictions: bool = True,
+        pair_model: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        self.pair_model = pair_model
+        self._pair_model_stale = False  # trained since its last calibrate()
         self.nets = nn.ModuleDict(dict(networks))
         self.loss_fn = loss
         self.optimizer_factory = optimizer
@@ -114,6 +121,8 @@ class RankingModule(L.LightningModule):
 
     # -- training ------------------------------------------------------------------------------
     def training_step(self, batch: Mapping[str, Mapping[str, Any]], batch_idx: int) -> Tensor:
+        if "image_id" in batch:  # a pair batch: pairwise baselines train on pairs, not lists
+            return self._pair_step(batch)  # type: ignore[arg-type]
         if self.loss_fn is None:
             raise RuntimeError("training needs a loss (config group `loss`)")
         total = torch.zeros((), device=self.device)
@@ -138,6 +147,37 @@ class RankingModule(L.LightningModule):
             sync_dist=True,
         )
         return total
+
+    def _pair_step(self, batch: Mapping[str, Tensor]) -> Tensor:
+        if self.pair_model is None:
+            raise RuntimeError("a pair batch reached a module without a pair_model")
+        loss = self.pair_model.pair_loss(batch["image"], batch["text"], batch["image_id"])
+        self._pair_model_stale = True
+        self.log(
+            "train/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(batch["image_id"]),
+        )
+        return loss
+
+    def _calibrate_pair_model(self) -> None:
+        """Refit the pair model's post-hoc statistics (DCCA's linear CCA) on the train pairs
+        once it has trained since the last fit; a loaded checkpoint keeps its own."""
+        if self.pair_model is None or not self._pair_model_stale:
+            return
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "iter_train_pairs"):
+            return
+        was_training = self.pair_model.training
+        self.pair_model.eval()
+        self.pair_model.calibrate(
+            (img.to(self.device), txt.to(self.device)) for img, txt in dm.iter_train_pairs()
+        )
+        self.pair_model.train(was_training)
+        self._pair_model_stale = False
 
     # -- evaluation ----------------------------------------------------------------------------
     def _eval_step(self, stage: str, batch: Mapping[str, Any]) -> None:
@@ -192,10 +232,14 @@ class RankingModule(L.LightningModule):
         self.log_dict(values, prog_bar=False, add_dataloader_idx=False, batch_size=1)
         self.log(f"{stage}/rsum", rsum, prog_bar=True, add_dataloader_idx=False, batch_size=1)
 
+    def on_validation_epoch_start(self) -> None:
+        self._calibrate_pair_model()
+
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")
 
     def on_test_epoch_start(self) -> None:
+        self._calibrate_pair_model()
         self._pred_parts = {}
 
     def on_test_epoch_end(self) -> None:

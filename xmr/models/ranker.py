@@ -13,6 +13,31 @@ import torch
 from torch import Tensor, nn
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
+#: Per-pair interaction features of query q and candidate c (each needs one joint space).
+INTERACTIONS: tuple[str, ...] = ("cosine", "product", "absdiff")
+
+
+def interaction_width(names: Sequence[str], dim: int) -> int:
+    """Width of the interaction features: 1 for ``cosine``, ``dim`` for ``product`` / ``absdiff``."""
+    return sum(1 if n == "cosine" else dim for n in names)
+
+
+def interaction_features(q: Tensor, c: Tensor, names: Sequence[str]) -> Tensor:
+    """Per-pair features ``(B, L, F)`` of query ``q (B, D)`` and candidates ``c (B, L, D)``, in the
+    order of ``names``: ``cosine`` = cos(q, c) ``(B, L, 1)``, ``product`` = q ⊙ c ``(B, L, D)``,
+    ``absdiff`` = |q − c| ``(B, L, D)``. All-zero candidates (padding) give a finite cosine 0."""
+    parts = []
+    for name in names:
+        if name == "cosine":
+            qn = nn.functional.normalize(q, dim=-1).unsqueeze(1)  # (B, 1, D)
+            parts.append((qn * nn.functional.normalize(c, dim=-1)).sum(-1, keepdim=True))
+        elif name == "product":
+            parts.append(q.unsqueeze(1) * c)
+        elif name == "absdiff":
+            parts.append((q.unsqueeze(1) - c).abs())
+        else:
+            raise ValueError(f"model.net.interaction: unknown {name!r}; one of {INTERACTIONS}")
+    return torch.cat(parts, dim=-1)
 
 
 class ContextAwareRanker(nn.Module):
@@ -26,6 +51,12 @@ class ContextAwareRanker(nn.Module):
 
     The first input layer is split as ``W·[q; c] = W_q·q + W_c·c`` so the query half is computed
     once per list (``forward_split``) rather than once per candidate.
+
+    ``interaction`` (subset of :data:`INTERACTIONS`) appends per-pair interaction features
+    (:func:`interaction_features`) to each item's input, ``[q; c; cos(q, c); q ⊙ c; |q − c|]``:
+    the paper's concatenation gives the first layer no multiplicative query × candidate term.
+    They need ``query_dim == cand_dim`` (one joint space). :attr:`input_dim` is the per-item
+    input width.
     """
 
     def __init__(
@@ -39,9 +70,21 @@ class ContextAwareRanker(nn.Module):
         dropout: float = 0.1,
         fc_dropout: float = 0.0,
         activation: str = "relu",
+        interaction: Sequence[str] = (),
     ) -> None:
         super().__init__()
         fc_sizes = list(fc_sizes)
+        self.interaction = tuple(str(n) for n in (interaction or ()))
+        unknown = [n for n in self.interaction if n not in INTERACTIONS]
+        if unknown or len(set(self.interaction)) != len(self.interaction):
+            raise ValueError(
+                f"model.net.interaction={list(self.interaction)}: each of {INTERACTIONS} at most once"
+            )
+        if self.interaction and query_dim != cand_dim:
+            raise ValueError(
+                f"model.net.interaction={list(self.interaction)} needs one joint space, but "
+                f"query_dim={query_dim} != cand_dim={cand_dim}"
+            )
         if query_dim < 1 or cand_dim < 1:
             raise ValueError(f"model: query_dim={query_dim}, cand_dim={cand_dim} must be >= 1")
         if not fc_sizes or any(int(s) < 1 for s in fc_sizes):
@@ -63,6 +106,9 @@ class ContextAwareRanker(nn.Module):
 
         self.input_q = nn.Linear(self.query_dim, fc_sizes[0], bias=False)
         self.input_c = nn.Linear(self.cand_dim, fc_sizes[0])
+        n_inter = interaction_width(self.interaction, self.cand_dim)
+        self.input_x = nn.Linear(n_inter, fc_sizes[0], bias=False) if n_inter else None
+        self.input_dim = self.query_dim + self.cand_dim + n_inter
         layers: list[nn.Module] = [act(), nn.Dropout(fc_dropout)]
         for d_in, d_out in zip(fc_sizes[:-1], fc_sizes[1:], strict=False):
             layers += [nn.Linear(d_in, d_out), act(), nn.Dropout(fc_dropout)]
@@ -88,6 +134,8 @@ class ContextAwareRanker(nn.Module):
     def forward_split(self, q: Tensor, c: Tensor, mask: Tensor) -> Tensor:
         """Scores from query ``q (B, D_q)`` and candidates ``c (B, L, D_c)``; mask ``(B, L)``."""
         h = self.input_c(c) + self.input_q(q).unsqueeze(1)  # (B, L, H0)
+        if self.input_x is not None:
+            h = h + self.input_x(interaction_features(q, c, self.interaction))  # (B, L, H0)
         h = self.input_rest(h)  # (B, L, H)
         if self.encoder is not None:
             h = self.encoder(h, src_key_padding_mask=~mask)  # (B, L, H)

@@ -1,0 +1,476 @@
+"""Trainable pair baselines on frozen features: DCCA, CMPM + CMPC, VSE++ and InfoNCE.
+
+Each baseline is a :class:`PairEmbeddingModel`: an image head and a text head that project the two
+modalities (whose dims may differ: ``joint_space: false`` stores are fine) into one learned space
+of width E. It trains on (image, caption) pairs of the train split with :meth:`pair_loss` —
+*pairs, not lists*: the datamodule's pair loader yields every train caption with its image (see
+:meth:`xmr.data.datamodule.XMRDataModule.use_pair_training`) — and scores a candidate list by the
+cosine of query and candidate in the learned space, so it is evaluated on exactly the lists (and
+the full gallery) the rankers see.
+
+One model serves both directions: the LightningModule holds it once (``pair_model``) and wraps it
+in a :class:`DirectionScorer` per direction, which knows which side of a list is text and which is
+image.
+
+Constructor convention: the net factory of a model config is called like a ranker's,
+``factory(query_dim=..., cand_dim=...)``, in the **t2i orientation**: ``query_dim`` is the text
+dim and ``cand_dim`` the image dim. ``forward(x, mask)`` / ``forward_split(q, c, mask)`` on the
+model itself score t2i lists (caption query, image candidates).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
+DIRECTIONS = ("t2i", "i2t")
+
+
+# -- losses as pure functions (tested against hand computations) -----------------------------------
+def same_image(image_ids: Tensor) -> Tensor:
+    """``(B, B)`` bool: True where pair i and pair j show the same image (the diagonal included)."""
+    return image_ids[:, None] == image_ids[None, :]
+
+
+def dcca_correlation(h1: Tensor, h2: Tensor, r1: float = 1e-3, r2: float = 1e-3) -> Tensor:
+    """Total canonical correlation of two views (Andrew et al. 2013, "Deep Canonical Correlation
+    Analysis", eq. 10): the trace norm ``||T||_tr`` of ``T = S11^-1/2 S12 S22^-1/2``.
+
+    Args:
+        h1: ``(m, o1)`` view-1 outputs (images); h2: ``(m, o2)`` view-2 outputs (captions).
+        r1, r2: ridge added to the diagonal of the view covariances ``S11``, ``S22``.
+
+    ``S11 = H1c' H1c / (m - 1) + r1 I`` with ``H1c`` the centred rows, likewise ``S22``;
+    ``S12 = H1c' H2c / (m - 1)``. The trace norm is the sum of the square roots of the
+    eigenvalues of ``T'T`` (``torch.linalg.eigvalsh``, float64). For stable gradients the
+    whitening uses Cholesky factors ``S = L L'`` instead of ``S^-1/2``: ``L1^-1 S12 L2^-T`` equals
+    ``T`` up to orthogonal factors on both sides (``S^-1/2 = Q L^-1`` with Q orthogonal), so it has
+    the same singular values, while the backward pass of an eigendecomposition *with
+    eigenvectors* divides by eigenvalue gaps — infinite for a rank-deficient covariance, whose
+    ridge eigenvalues all equal r.
+    """
+    m = h1.shape[0]
+    if m < 2 or h2.shape[0] != m:
+        raise ValueError(f"DCCA needs >= 2 paired rows, got {tuple(h1.shape)}, {tuple(h2.shape)}")
+    s11, s22, s12 = _covariances(h1.double(), h2.double(), r1, r2)
+    l1 = torch.linalg.cholesky(s11)  # (o1, o1)
+    l2 = torch.linalg.cholesky(s22)  # (o2, o2)
+    a = torch.linalg.solve_triangular(l1, s12, upper=False)  # L1^-1 S12  (o1, o2)
+    t = torch.linalg.solve_triangular(l2, a.T, upper=False).T  # L1^-1 S12 L2^-T  (o1, o2)
+    eig = torch.linalg.eigvalsh(t.T @ t)  # (o2,) squared canonical correlations
+    return (eig.clamp_min(0.0) + 1e-12).sqrt().sum().to(h1.dtype)
+
+
+def _covariances(h1: Tensor, h2: Tensor, r1: float, r2: float) -> tuple[Tensor, Tensor, Tensor]:
+    m = h1.shape[0]
+    h1 = h1 - h1.mean(0, keepdim=True)  # (m, o1)
+    h2 = h2 - h2.mean(0, keepdim=True)  # (m, o2)
+    eye1 = torch.eye(h1.shape[1], dtype=h1.dtype, device=h1.device)
+    eye2 = torch.eye(h2.shape[1], dtype=h2.dtype, device=h2.device)
+    s11 = h1.T @ h1 / (m - 1) + r1 * eye1
+    s22 = h2.T @ h2 / (m - 1) + r2 * eye2
+    s12 = h1.T @ h2 / (m - 1)
+    return s11, s22, s12
+
+
+def _inv_sqrt(s: Tensor, eps: float = 1e-12) -> Tensor:
+    """``S^-1/2`` of a symmetric positive definite matrix via its eigendecomposition."""
+    w, v = torch.linalg.eigh(s)
+    return (v * w.clamp_min(eps).rsqrt()) @ v.T
+
+
+def cmpm_label_distribution(image_ids: Tensor, norm: str = "l1") -> Tensor:
+    """The true matching distribution ``q (B, B)`` of CMPM (Zhang & Lu 2018, eq. 3).
+
+    ``y_ij = 1`` when pairs i and j show the same image (captions of one image are positives).
+    ``norm="l1"`` (the paper): ``q_ij = y_ij / sum_k y_ik``, each row sums to 1.
+    ``norm="l2"`` (the authors' released code, ``labels_mask / labels_mask.norm(dim=1)``):
+    ``q_ij = y_ij / ||y_j||_2`` — the norm broadcasts over columns; ``y`` is symmetric, so this is
+    ``y_ij / sqrt(n_i)`` with ``n_i`` the positives of row i, and rows do not sum to 1.
+    """
+    y = same_image(image_ids).float()  # (B, B)
+    if norm == "l1":
+        return y / y.sum(dim=1, keepdim=True)
+    if norm == "l2":
+        return y / y.norm(dim=1)
+    raise ValueError(f"model.net.label_norm={norm!r}: one of l1 (paper), l2 (released code)")
+
+
+def cmpm_loss(
+    image_emb: Tensor, text_emb: Tensor, image_ids: Tensor, norm: str = "l1", eps: float = 1e-8
+) -> Tensor:
+    """Cross-Modal Projection Matching loss (Zhang & Lu, ECCV 2018, eqs. 1-5).
+
+    ``p_ij = softmax_j(x_i' z̄_j)`` — image i projected on the normalised caption j (and the same
+    the other way round); the loss is ``KL(p_i || q_i)`` averaged over rows, summed over the two
+    directions. Shapes: embeddings ``(B, E)``, ``image_ids (B,)``.
+    """
+    q = cmpm_label_distribution(image_ids, norm)  # (B, B)
+    i2t = image_emb @ F.normalize(text_emb, dim=1).T  # (B, B)
+    t2i = text_emb @ F.normalize(image_emb, dim=1).T  # (B, B)
+
+    def kl(logits: Tensor) -> Tensor:
+        p = logits.softmax(dim=1)
+        return (p * (logits.log_softmax(dim=1) - torch.log(q + eps))).sum(dim=1).mean()
+
+    return kl(i2t) + kl(t2i)
+
+
+def cmpc_loss(image_emb: Tensor, text_emb: Tensor, image_ids: Tensor, weight: Tensor) -> Tensor:
+    """Cross-Modal Projection Classification loss (Zhang & Lu 2018, eqs. 6-8): a norm-softmax
+    classifier (columns of ``weight (E, C)`` L2-normalised, no bias) over image ids, applied to
+    each modality's projection on the other: ``x̂ = (x' z̄) z̄``, ``ẑ = (z' x̄) x̄``."""
+    img_n, txt_n = F.normalize(image_emb, dim=1), F.normalize(text_emb, dim=1)
+    image_on_text = (image_emb * txt_n).sum(1, keepdim=True) * txt_n  # (B, E)
+    text_on_image = (text_emb * img_n).sum(1, keepdim=True) * img_n  # (B, E)
+    w = F.normalize(weight, dim=0)  # (E, C)
+    return F.cross_entropy(image_on_text @ w, image_ids) + F.cross_entropy(
+        text_on_image @ w, image_ids
+    )
+
+
+def max_violation_hinge(sim: Tensor, positive: Tensor, margin: float = 0.2) -> Tensor:
+    """VSE++ loss (Faghri et al. 2018, eq. 5): hinge triplet loss on the hardest in-batch negative.
+
+    Args:
+        sim: ``(B, B)`` similarities, ``sim[i, j] = s(image_i, caption_j)``; the anchors are the
+            diagonal pairs ``(i, i)``.
+        positive: ``(B, B)`` bool, True where image i and caption j match (the diagonal, plus
+            other captions of the same image in the batch); those are never negatives.
+        margin: alpha.
+
+    Returns ``mean_i [max_j (α + s(i, j) - s(i, i))_+ + max_j (α + s(j, i) - s(i, i))_+]``, j over
+    negatives (the original sums over the batch; the mean has the same optimum and makes the
+    learning rate independent of the batch size).
+    """
+    d = sim.diagonal()  # (B,)
+    cost_caption = (margin + sim - d[:, None]).clamp_min(0).masked_fill(positive, 0.0)  # (B, B)
+    cost_image = (margin + sim - d[None, :]).clamp_min(0).masked_fill(positive, 0.0)  # (B, B)
+    return cost_caption.max(dim=1).values.mean() + cost_image.max(dim=0).values.mean()
+
+
+def symmetric_infonce(logits: Tensor, positive: Tensor) -> Tensor:
+    """Symmetric InfoNCE (CLIP, Radford et al. 2021): mean of the image→caption and
+    caption→image cross-entropies of ``logits (B, B)`` (``logits[i, j]`` = scaled similarity of
+    image i and caption j) with the diagonal as targets. Other in-batch positives (``positive``
+    off the diagonal: captions of the same image) are removed from the softmax denominators."""
+    eye = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
+    masked = logits.masked_fill(positive & ~eye, float("-inf"))  # (B, B)
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(masked, target) + F.cross_entropy(masked.T, target))
+
+
+# -- models ------------------------------------------------------------------------------------------
+class ProjectionHead(nn.Module):
+    """MLP ``in_dim → hidden_sizes... → out_dim`` (linear when ``hidden_sizes`` is empty).
+
+    ``identity_init`` starts a linear head at the identity (needs ``in_dim == out_dim``): on a
+    joint-space store the model then starts from zero-shot cosine and fine-tunes from there.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        hidden_sizes: Sequence[int] = (),
+        dropout: float = 0.0,
+        activation: str = "relu",
+        identity_init: bool = False,
+    ) -> None:
+        super().__init__()
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"model.net.activation={activation!r}: one of {sorted(_ACTIVATIONS)}")
+        sizes = [int(in_dim), *[int(h) for h in hidden_sizes], int(out_dim)]
+        if any(s < 1 for s in sizes):
+            raise ValueError(f"model.net: projection sizes {sizes} must all be >= 1")
+        layers: list[nn.Module] = []
+        for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            layers.append(nn.Linear(d_in, d_out))
+            if i < len(sizes) - 2:
+                layers += [_ACTIVATIONS[activation](), nn.Dropout(dropout)]
+        self.net = nn.Sequential(*layers)
+        if identity_init and len(sizes) == 2 and sizes[0] == sizes[1]:
+            with torch.no_grad():
+                self.net[0].weight.copy_(torch.eye(sizes[0]))
+                self.net[0].bias.zero_()
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(..., in_dim) → (..., out_dim)``."""
+        return self.net(x)
+
+
+class PairEmbeddingModel(nn.Module):
+    """Base of the pair baselines: two projection heads, cosine scoring, a pair loss.
+
+    Args:
+        query_dim: text dim; cand_dim: image dim (t2i orientation, see the module docstring).
+        out_dim: width E of the learned space; None = the text dim when the two dims agree
+            (a joint space) else 256.
+        hidden_sizes: hidden layers of each head ([] = linear heads).
+        identity_init: start linear heads of matching dims at the identity.
+        num_classes: number of image ids (CMPC's classifier); passed by the trainer.
+    """
+
+    pairwise = True
+
+    def __init__(
+        self,
+        query_dim: int,
+        cand_dim: int,
+        out_dim: int | None = None,
+        hidden_sizes: Sequence[int] = (),
+        dropout: float = 0.0,
+        activation: str = "relu",
+        identity_init: bool = True,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        if query_dim < 1 or cand_dim < 1:
+            raise ValueError(f"model: query_dim={query_dim}, cand_dim={cand_dim} must be >= 1")
+        self.text_dim, self.image_dim = int(query_dim), int(cand_dim)
+        self.query_dim = self.text_dim  # forward(x) splits x as a t2i list: [text ; image]
+        if out_dim is None:
+            out_dim = self.text_dim if self.text_dim == self.image_dim else 256
+        self.out_dim = int(out_dim)
+        self.num_classes = num_classes
+        kw = {"hidden_sizes": hidden_sizes, "dropout": dropout, "activation": activation}
+        self.text_head = ProjectionHead(
+            self.text_dim, self.out_dim, **kw, identity_init=identity_init
+        )
+        self.image_head = ProjectionHead(
+            self.image_dim, self.out_dim, **kw, identity_init=identity_init
+        )
+
+    # embeddings in the learned space (what retrieval compares by cosine)
+    def embed_text(self, x: Tensor) -> Tensor:
+        """``(..., D_text) → (..., E)``."""
+        return self.text_head(x.float())
+
+    def embed_image(self, x: Tensor) -> Tensor:
+        """``(..., D_image) → (..., E)``."""
+        return self.image_head(x.float())
+
+    def pair_loss(self, image: Tensor, text: Tensor, image_ids: Tensor) -> Tensor:
+        """Training loss of a batch of pairs: ``image (B, D_image)``, ``text (B, D_text)``,
+        ``image_ids (B,)`` (pairs with equal ids show the same image)."""
+        raise NotImplementedError
+
+    def calibrate(self, pairs: Iterable[tuple[Tensor, Tensor]]) -> None:
+        """Refit post-hoc statistics on the train pairs ``(image, text)`` chunks (DCCA's linear
+        CCA); a no-op for the other baselines."""
+
+    def score_split(self, q: Tensor, c: Tensor, mask: Tensor, direction: str) -> Tensor:
+        """Cosine scores ``(B, L)`` of query ``q (B, D_q)`` and candidates ``c (B, L, D_c)``;
+        for ``t2i`` q is text and c images, for ``i2t`` the other way round. 0 at padding."""
+        if direction == "t2i":
+            qe, ce = self.embed_text(q), self.embed_image(c)  # (B, E), (B, L, E)
+        elif direction == "i2t":
+            qe, ce = self.embed_image(q), self.embed_text(c)
+        else:
+            raise ValueError(f"direction={direction!r}: one of {DIRECTIONS}")
+        scores = torch.einsum("be,ble->bl", F.normalize(qe, dim=-1), F.normalize(ce, dim=-1))
+        return scores.masked_fill(~mask, 0.0)
+
+    def forward_split(self, q: Tensor, c: Tensor, mask: Tensor) -> Tensor:
+        """t2i scores (caption query ``q (B, D_text)``, image candidates ``c (B, L, D_image)``)."""
+        return self.score_split(q, c, mask, "t2i")
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """t2i scores from pair features ``x (B, L, D_text + D_image)``."""
+        return self.forward_split(x[:, 0, : self.text_dim], x[..., self.text_dim :], mask)
+
+    def view(self, direction: str) -> DirectionScorer:
+        """The scorer of one direction, sharing this model's weights."""
+        return DirectionScorer(self, direction)
+
+
+class DirectionScorer(nn.Module):
+    """One direction of a :class:`PairEmbeddingModel`, with the ranker's scorer interface.
+
+    The model is referenced, not registered as a submodule: the LightningModule registers it once
+    (``pair_model``), so the checkpoint holds each weight once, under ``pair_model.*``.
+    """
+
+    def __init__(self, model: PairEmbeddingModel, direction: str) -> None:
+        super().__init__()
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction={direction!r}: one of {DIRECTIONS}")
+        object.__setattr__(self, "model", model)  # unregistered on purpose (see class docstring)
+        self.direction = direction
+        self.query_dim = model.text_dim if direction == "t2i" else model.image_dim
+
+    def forward_split(self, q: Tensor, c: Tensor, mask: Tensor) -> Tensor:
+        return self.model.score_split(q, c, mask, self.direction)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        return self.forward_split(x[:, 0, : self.query_dim], x[..., self.query_dim :], mask)
+
+
+class DCCAModel(PairEmbeddingModel):
+    """DCCA (Andrew et al. 2013): two MLPs trained to maximise the total canonical correlation of
+    their outputs (:func:`dcca_correlation`, loss = its negative). Retrieval: the outputs are
+    centred and mapped by the linear CCA fitted on all train pairs (:meth:`calibrate`: ``A =
+    S11^-1/2 U``, ``B = S22^-1/2 V`` from the SVD ``T = U S V'``), then compared by cosine.
+
+    Needs training batches larger than ``out_dim`` (the covariance estimates).
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        cand_dim: int,
+        out_dim: int = 64,
+        hidden_sizes: Sequence[int] = (512,),
+        dropout: float = 0.0,
+        activation: str = "relu",
+        r1: float = 1e-3,
+        r2: float = 1e-3,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__(
+            query_dim, cand_dim, out_dim, hidden_sizes, dropout, activation, identity_init=False
+        )
+        self.r1, self.r2 = float(r1), float(r2)
+        if self.r1 < 0 or self.r2 < 0:
+            raise ValueError(f"model.net.r1={r1}, r2={r2}: ridge terms must be >= 0")
+        e = self.out_dim
+        self.register_buffer("image_mean", torch.zeros(e))
+        self.register_buffer("text_mean", torch.zeros(e))
+        self.register_buffer("image_cca", torch.eye(e))
+        self.register_buffer("text_cca", torch.eye(e))
+
+    def pair_loss(self, image: Tensor, text: Tensor, image_ids: Tensor) -> Tensor:
+        if image.shape[0] <= self.out_dim:
+            raise ValueError(
+                f"DCCA: a batch of {image.shape[0]} pairs cannot estimate {self.out_dim}-d "
+                "covariances; raise model.pair_batch_size above model.net.out_dim"
+            )
+        h1, h2 = self.image_head(image.float()), self.text_head(text.float())
+        return -dcca_correlation(h1, h2, self.r1, self.r2)
+
+    @torch.no_grad()
+    def calibrate(self, pairs: Iterable[tuple[Tensor, Tensor]]) -> None:
+        h1s, h2s = [], []
+        for image, text in pairs:
+            h1s.append(self.image_head(image.float()).double())
+            h2s.append(self.text_head(text.float()).double())
+        h1, h2 = torch.cat(h1s), torch.cat(h2s)  # (m, E)
+        s11, s22, s12 = _covariances(h1, h2, self.r1, self.r2)
+        i11, i22 = _inv_sqrt(s11), _inv_sqrt(s22)
+        u, _, vh = torch.linalg.svd(i11 @ s12 @ i22)
+        self.image_mean.copy_(h1.mean(0).float())
+        self.text_mean.copy_(h2.mean(0).float())
+        self.image_cca.copy_((i11 @ u).float())
+        self.text_cca.copy_((i22 @ vh.T).float())
+
+    def embed_image(self, x: Tensor) -> Tensor:
+        return (self.image_head(x.float()) - self.image_mean) @ self.image_cca
+
+    def embed_text(self, x: Tensor) -> Tensor:
+        return (self.text_head(x.float()) - self.text_mean) @ self.text_cca
+
+
+class CMPMModel(PairEmbeddingModel):
+    """CMPM + CMPC (Zhang & Lu, ECCV 2018): :func:`cmpm_loss` with image-id labels plus
+    ``cmpc_weight`` × :func:`cmpc_loss` (norm-softmax classifier over the ``num_classes`` image
+    ids; 0 disables it)."""
+
+    def __init__(
+        self,
+        query_dim: int,
+        cand_dim: int,
+        out_dim: int | None = 512,
+        hidden_sizes: Sequence[int] = (),
+        dropout: float = 0.0,
+        activation: str = "relu",
+        identity_init: bool = True,
+        label_norm: str = "l1",
+        cmpc_weight: float = 1.0,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__(
+            query_dim, cand_dim, out_dim, hidden_sizes, dropout, activation, identity_init
+        )
+        cmpm_label_distribution(torch.zeros(1, dtype=torch.long), label_norm)  # validates
+        self.label_norm = label_norm
+        self.cmpc_weight = float(cmpc_weight)
+        self.classifier: nn.Parameter | None = None
+        if self.cmpc_weight > 0 and num_classes is not None:
+            self.classifier = nn.Parameter(torch.randn(self.out_dim, int(num_classes)) * 0.01)
+
+    def pair_loss(self, image: Tensor, text: Tensor, image_ids: Tensor) -> Tensor:
+        x, z = self.embed_image(image), self.embed_text(text)
+        loss = cmpm_loss(x, z, image_ids, self.label_norm)
+        if self.cmpc_weight > 0:
+            if self.classifier is None:
+                raise RuntimeError("CMPC needs num_classes (the trainer passes the image count)")
+            loss = loss + self.cmpc_weight * cmpc_loss(x, z, image_ids, self.classifier)
+        return loss
+
+
+class VSEPPModel(PairEmbeddingModel):
+    """VSE++ (Faghri et al. 2018): :func:`max_violation_hinge` with ``margin`` on the cosine
+    similarities of the in-batch pairs."""
+
+    def __init__(
+        self,
+        query_dim: int,
+        cand_dim: int,
+        out_dim: int | None = None,
+        hidden_sizes: Sequence[int] = (),
+        dropout: float = 0.0,
+        activation: str = "relu",
+        identity_init: bool = True,
+        margin: float = 0.2,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__(
+            query_dim, cand_dim, out_dim, hidden_sizes, dropout, activation, identity_init
+        )
+        if margin < 0:
+            raise ValueError(f"model.net.margin={margin}: must be >= 0")
+        self.margin = float(margin)
+
+    def pair_loss(self, image: Tensor, text: Tensor, image_ids: Tensor) -> Tensor:
+        x = F.normalize(self.embed_image(image), dim=1)  # (B, E)
+        z = F.normalize(self.embed_text(text), dim=1)  # (B, E)
+        return max_violation_hinge(x @ z.T, same_image(image_ids), self.margin)
+
+
+class InfoNCEModel(PairEmbeddingModel):
+    """CLIP-style fine-tuning of projection heads: :func:`symmetric_infonce` over in-batch pairs,
+    logits = ``exp(logit_scale)`` × cosine, with a learnable temperature (initial ``temperature``,
+    ``exp(logit_scale)`` clamped at 100 as in CLIP)."""
+
+    def __init__(
+        self,
+        query_dim: int,
+        cand_dim: int,
+        out_dim: int | None = None,
+        hidden_sizes: Sequence[int] = (),
+        dropout: float = 0.0,
+        activation: str = "relu",
+        identity_init: bool = True,
+        temperature: float = 0.07,
+        learn_temperature: bool = True,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__(
+            query_dim, cand_dim, out_dim, hidden_sizes, dropout, activation, identity_init
+        )
+        if temperature <= 0:
+            raise ValueError(f"model.net.temperature={temperature}: must be > 0")
+        self.logit_scale = nn.Parameter(
+            torch.tensor(math.log(1.0 / temperature)), requires_grad=learn_temperature
+        )
+
+    def pair_loss(self, image: Tensor, text: Tensor, image_ids: Tensor) -> Tensor:
+        x = F.normalize(self.embed_image(image), dim=1)  # (B, E)
+        z = F.normalize(self.embed_text(text), dim=1)  # (B, E)
+        scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
+        return symmetric_infonce(scale * (x @ z.T), same_image(image_ids))
