@@ -15,26 +15,37 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from xmr.config import validate_config
 from xmr.data.datamodule import XMRDataModule
 from xmr.data.store import FeatureStore
 from xmr.full_gallery import run_protocol
-from xmr.loggers import build_loggers, finish_loggers, log_config, log_final_results
+from xmr.loggers import (
+    build_loggers,
+    finish_loggers,
+    log_config,
+    log_final_results,
+    scrub_secrets,
+)
 from xmr.models.module import RankingModule
 from xmr.paths import CONF_DIR
 from xmr.results import method_name, write_predictions, write_results
 from xmr.utils.instantiate import ConfigError, instantiate
-from xmr.utils.io import atomic_write_json, atomic_write_text
+from xmr.utils.io import atomic_write, atomic_write_json, atomic_write_text, remove_if_exists
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +118,218 @@ def load_weights(module: torch.nn.Module, ckpt: Path) -> None:
     module.load_state_dict(state["state_dict"])
 
 
+# -- run lifecycle: resumable, atomic, failures recorded ---------------------------------------
+FAILED_FILE = "failed.json"
+LAST_CHECKPOINT = "last"  # checkpoints/last.ckpt
+
+
+def _loader_generators(loaders: Any) -> list[torch.Generator]:
+    """The ``torch.Generator`` of every DataLoader (and its sampler) in ``loaders`` (a loader, a
+    CombinedLoader, or dicts/lists of them), in a fixed order."""
+    found: list[torch.Generator] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, torch.utils.data.DataLoader):
+            sampler = node.sampler
+            batch_sampler = getattr(node, "batch_sampler", None)
+            for owner in (node, sampler, getattr(batch_sampler, "sampler", None)):
+                g = getattr(owner, "generator", None)
+                if isinstance(g, torch.Generator) and all(g is not h for h in found):
+                    found.append(g)
+        elif isinstance(node, dict):
+            for key in sorted(node):
+                walk(node[key])
+        elif isinstance(node, (list, tuple)):
+            for item in node:
+                walk(item)
+        elif hasattr(node, "iterables"):  # lightning CombinedLoader
+            walk(node.iterables)
+
+    walk(loaders)
+    return found
+
+
+class RNGStateCallback(L.Callback):
+    """Saves every random state a training epoch draws from in each checkpoint, and puts it back
+    when a run resumes, so that a resumed run continues exactly as an uninterrupted one.
+
+    Lightning restores model, optimizer, scheduler, loops and callbacks by itself, but no random
+    state. Saved: the torch (CPU and CUDA), numpy and python global RNGs (dropout and anything
+    else) and the state of each training DataLoader's shuffling ``torch.Generator`` (the data
+    module gives each shuffled loader its own; without its state a resumed run would replay epoch
+    0's order). Restored at ``on_train_start`` — after the loaders exist, before the first batch is
+    drawn. Everything is stored as tensors and plain python values, so checkpoints load with
+    ``weights_only=True``.
+    """
+
+    state_key = "xmr.rng"  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        self._trainer: L.Trainer | None = None
+        self._pending: dict[str, Any] | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+        state: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": {
+                "kind": str(kind),
+                "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached),
+            },
+            "python": random.getstate(),
+            "loaders": [],
+        }
+        if self._trainer is not None and self._trainer.training:
+            loaders = self._trainer.train_dataloader
+            state["loaders"] = [g.get_state() for g in _loader_generators(loaders)]
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = dict(state_dict)
+        # Lightning creates the first resumed epoch's loader iterators right after asking the
+        # data module for its train loader (FitLoop.setup_data), before any hook runs; an
+        # iterator draws its base seed from the loader's generator as it is created. So the
+        # generator states go in as the loaders are made: wrap train_dataloader once.
+        dm = getattr(self._trainer, "datamodule", None)
+        states = list(state_dict.get("loaders") or [])
+        if dm is None or not states:
+            return
+        make_loaders = dm.train_dataloader
+
+        def train_dataloader_resumed() -> Any:
+            loaders = make_loaders()
+            generators = _loader_generators(loaders)
+            if len(generators) == len(states):
+                for g, g_state in zip(generators, states, strict=True):
+                    g.set_state(g_state)
+            else:
+                log.warning(
+                    "resume: the checkpoint holds %d DataLoader generator states, the run has "
+                    "%d shuffled loaders; the data order will differ from an uninterrupted run",
+                    len(states),
+                    len(generators),
+                )
+            del dm.train_dataloader  # back to the class's method
+            return loaders
+
+        dm.train_dataloader = train_dataloader_resumed
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        state, self._pending = self._pending, None
+        if state is None:
+            return
+        # The global RNGs go back as late as possible: nothing between here and the first batch
+        # draws from them, in a fresh epoch as in a resumed one.
+        torch.set_rng_state(state["torch"])
+        n = state["numpy"]
+        np.random.set_state(
+            (
+                n["kind"],
+                n["keys"].numpy().astype(np.uint32),
+                n["pos"],
+                n["has_gauss"],
+                n["cached_gaussian"],
+            )
+        )
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def last_checkpoint_callback(out: Path) -> ModelCheckpoint:
+    """``<out>/checkpoints/last.ckpt``, overwritten at the end of every training epoch (after
+    validation, so it holds the monitored checkpoint's best-so-far and early stopping's state).
+
+    Lightning's ``save_last=True`` is not enough for resuming: in Lightning 2.x it writes
+    ``last.ckpt`` only in epochs where a top-k checkpoint was saved, i.e. where the monitored
+    metric improved, so a killed run would redo every epoch since its best one.
+    """
+    return ModelCheckpoint(
+        dirpath=str(out / "checkpoints"),
+        filename=LAST_CHECKPOINT,
+        monitor=None,
+        save_top_k=1,
+        every_n_epochs=1,
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
+    )
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint saving into a temporary sibling, fsync, rename (:func:`xmr.utils.io.atomic_write`).
+
+    Lightning's ``_atomic_save`` writes through an fsspec transaction whose temporary file lives in
+    the system temp dir; when that is another filesystem the final move is a copy, so a kill can
+    leave a truncated ``last.ckpt`` (and the temp file leaks). Here the rename stays inside the
+    checkpoint directory: a reader sees the old checkpoint or the new one, never a partial one.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError(
+                f"AtomicCheckpointIO: storage_options not supported ({storage_options})"
+            )
+
+        def _save(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                torch.save(checkpoint, fh)
+
+        atomic_write(Path(path), _save)
+
+
+def _plain_config(cfg: DictConfig) -> Any:
+    """The config as plain containers with secrets scrubbed (resolved when it resolves)."""
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # an interpolation that cannot resolve may be the failure itself
+        plain = OmegaConf.to_container(cfg, resolve=False)
+    return scrub_secrets(plain)
+
+
+def write_failure(out: Path, cfg: DictConfig, exc: BaseException) -> Path:
+    """Write ``<out>/failed.json``: ``{"error": "<Type>: <message>", "traceback", "config",
+    "seed"}`` (config resolved when possible, secrets scrubbed). ``xmr report`` lists such jobs as
+    failed; a later successful run of the job removes the file."""
+    seed = cfg.get("seed") if isinstance(cfg, DictConfig) else None
+    record = {
+        "format": "xmr-failed/1",
+        "error": f"{type(exc).__name__}: {exc}",
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "config": _plain_config(cfg),
+        "seed": int(seed) if isinstance(seed, int) else seed,
+    }
+    return atomic_write_json(Path(out) / FAILED_FILE, record)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit (when the model has parameters), test on the best checkpoint, write results."""
+    """Fit (when the model has parameters), test on the best checkpoint, write results.
+
+    On an error the run writes ``failed.json`` (:func:`write_failure`) into its directory instead
+    of ``results.json`` and re-raises; a successful run removes a stale ``failed.json``.
+    """
+    try:
+        return _train(cfg)
+    except Exception as exc:
+        write_failure(output_dir_of(cfg), cfg, exc)
+        raise
+
+
+def _train(cfg: DictConfig) -> dict[str, Any]:
     validate_config(cfg)
     out = output_dir_of(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(_plain_config(cfg)))
     L.seed_everything(int(cfg.seed), workers=True)
     torch.set_num_threads(int(cfg.get("threads") or os.cpu_count() or 1))
 
@@ -125,6 +342,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for name, c in (cfg.get("callbacks") or {}).items()
         if c is not None
     ]
+    callbacks.append(RNGStateCallback())  # resumed runs continue the same random streams
+    callbacks.append(last_checkpoint_callback(out))
     loggers = build_loggers(cfg)
     exit_code = 1
     try:
@@ -145,7 +364,11 @@ def _fit_and_test(
     loggers: list[Any],
 ) -> dict[str, Any]:
     trainer: L.Trainer = instantiate(
-        cfg.trainer, where="trainer", callbacks=callbacks, logger=loggers or False
+        cfg.trainer,
+        where="trainer",
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
     )
     if trainer.is_global_zero:
         log_config(loggers, cfg)
@@ -154,7 +377,7 @@ def _fit_and_test(
     best_val: float | None = None
     trainable = any(p.requires_grad for p in module.parameters())
     if trainable and cfg.get("train", True):
-        last = out / "checkpoints" / "last.ckpt"
+        last = out / "checkpoints" / f"{LAST_CHECKPOINT}.ckpt"
         resume = last if (cfg.get("resume", True) and last.exists()) else None
         if resume:
             log.info("resuming from %s", resume)
@@ -191,9 +414,10 @@ def _fit_and_test(
         )
         if full_info is not None:
             results["full_gallery"] = full_info
+        results["config"] = scrub_secrets(results["config"])
         if trainer.is_global_zero:
             atomic_write_json(out / "results.json", results)
-        if trainer.is_global_zero:
+            remove_if_exists(out / FAILED_FILE)
             log_final_results(loggers, results)
     return results
 

@@ -46,6 +46,11 @@ depend on the constant ``RNG_BLOCK`` (recorded in ``lists.json`` as ``params.rng
 Output: a directory with ``{t2i,i2t}_{train,val,test}.npz`` (``queries`` (Q,) int64,
 ``candidates`` (Q, L) int64, ``labels`` (Q, L) uint8) and ``lists.json`` (format ``xmr-lists/1``),
 written into a temporary sibling and renamed into place (``lists.json`` last).
+
+Resumable: the sibling is ``.<name>.partial/`` and keeps each finished file (and its stats) until
+the whole directory is published, so ``xmr mine`` killed midway and started again with the same
+store, parameters and seed mines only the missing files (the output is bytes-identical to an
+uninterrupted run: each file is a function of the store, parameters and seed alone).
 """
 
 from __future__ import annotations
@@ -679,10 +684,14 @@ def mine_lists(
         "rng_block": RNG_BLOCK,
     }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    fingerprint = store.fingerprint()
+    key = {
+        "store": str(Path(store.root).resolve()),
+        "store_fingerprint": fingerprint,
+        "params": params,
+        "seed": int(seed),
+    }
+    tmp = _partial_dir(out_dir, key)
     try:
         stats: dict[str, Any] = {}
         for split in splits:
@@ -690,6 +699,13 @@ def mine_lists(
             for direction in DIRECTIONS:
                 t0 = time.perf_counter()
                 dcode = _DIRECTION_CODES[direction]
+                name = lists_filename(direction, split)
+                done = _finished_file(tmp, name, text_image, image_split)
+                if done is not None:  # resumed: mined by an interrupted earlier run
+                    stats[name.removesuffix(".npz")] = done
+                    if verbose:
+                        print(f"kept {name} from an interrupted run")
+                    continue
                 problem, skipped = build_problem(
                     direction,
                     text_image,
@@ -708,7 +724,6 @@ def mine_lists(
                     strategy=strategy,
                     seed_key=(seed, dcode, code, _STAGE_POOL),
                 )
-                name = lists_filename(direction, split)
                 lists = CandidateLists(
                     problem.query_ids, mined.candidates, mined.labels, direction, split
                 )
@@ -732,13 +747,16 @@ def mine_lists(
                     raise AssertionError(f"{name}: a relevant item entered through the pool")
                 stats[name.removesuffix(".npz")] = s
                 _write_npz(
-                    tmp / name,
+                    tmp / f"{name}.tmp",
                     {
                         "queries": lists.queries,
                         "candidates": lists.candidates,
                         "labels": lists.labels,
                     },
                 )
+                os.replace(tmp / f"{name}.tmp", tmp / name)
+                # The stats file marks the file finished (written after it, atomically).
+                _write_json_atomic(tmp / f"{name}{_STATS_SUFFIX}", s)
                 if verbose:
                     print(
                         f"mined {name}: {s['num_lists']} lists x {s['list_length']} "
@@ -747,11 +765,13 @@ def mine_lists(
         meta = {
             "format": LISTS_FORMAT,
             "store": str(Path(store.root).resolve()),
-            "store_fingerprint": store.fingerprint(),
+            "store_fingerprint": fingerprint,
             "params": params,
             "seed": int(seed),
             "stats": stats,
         }
+        for extra in [tmp / _PARTIAL_STATE, *tmp.glob(f"*{_STATS_SUFFIX}")]:
+            extra.unlink()
         (tmp / "lists.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         if out_dir.exists():
             old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
@@ -760,10 +780,64 @@ def mine_lists(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out_dir)
-    except BaseException:
+    except Exception:
+        # An error would recur: leave nothing. An interruption (Ctrl-C, SIGKILL) keeps the
+        # finished files in the partial directory for the next run with the same key.
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+_PARTIAL_STATE = "state.json"
+_PARTIAL_FORMAT = "xmr-lists-partial/1"
+_STATS_SUFFIX = ".stats.json"
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    part = path.with_name(path.name + ".tmp")
+    part.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
+    os.replace(part, path)
+
+
+def _partial_dir(out_dir: Path, key: dict[str, Any]) -> Path:
+    """The work directory ``<parent>/.<name>.partial`` of a mining run, ready for ``key``.
+
+    Mining is resumable: each finished ``(direction, split)`` file stays there (with its stats)
+    until the whole directory is published, so a run started again after a kill with the same
+    store, parameters and seed (``key``, recorded in ``state.json``) mines only what is missing.
+    A work directory left by a run with another key is discarded.
+    """
+    tmp = out_dir.parent / f".{out_dir.name}.partial"
+    state_path = tmp / _PARTIAL_STATE
+    if tmp.exists():
+        try:
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            state = None
+        if state == {"format": _PARTIAL_FORMAT, "key": json.loads(json.dumps(key))}:
+            return tmp
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    _write_json_atomic(state_path, {"format": _PARTIAL_FORMAT, "key": key})
+    return tmp
+
+
+def _finished_file(
+    tmp: Path, name: str, text_image: np.ndarray, image_split: np.ndarray
+) -> dict[str, Any] | None:
+    """The stats of ``name`` if an earlier run finished it in ``tmp`` (re-checked), else None."""
+    path, stats_path = tmp / name, tmp / f"{name}{_STATS_SUFFIX}"
+    if not (path.is_file() and stats_path.is_file()):
+        return None
+    direction, split = name.removesuffix(".npz").split("_")
+    try:
+        stats = json.loads(stats_path.read_text(encoding="utf-8"))
+        with np.load(path, allow_pickle=False) as z:
+            lists = CandidateLists(z["queries"], z["candidates"], z["labels"], direction, split)
+        check_lists(lists, where=str(path), text_image=text_image, image_split=image_split)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None  # damaged: mine it again
+    return stats if isinstance(stats, dict) else None
 
 
 def read_lists_meta(lists_dir: str | Path) -> dict[str, Any]:

@@ -51,3 +51,12 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def remove_if_exists(path: str | Path) -> bool:
+    """Delete ``path`` if it is there (a stale marker such as ``failed.json``); True if it was."""
+    try:
+        Path(path).unlink()
+    except FileNotFoundError:
+        return False
+    return True
