@@ -43,7 +43,7 @@ from xmr.data.store import FeatureStore
 from xmr.report import (
     BASELINE,
     DIRECTIONS,
-    _aligned,
+    align_predictions,
     build_report,
     run_predictions,
     significance_markdown,
@@ -125,7 +125,7 @@ for direction, title in DIRECTIONS:
     _, name, row = max(rankers, key=lambda t: t[0])
     run = min(row["runs"], key=lambda r: str(r.get("seed")))
     pred, base = run_predictions(run, direction), run_predictions(baseline_runs[0], direction)
-    if pred is None or base is None or (pair := _aligned(pred, base)) is None:
+    if pred is None or base is None or (pair := align_predictions(pred, base)) is None:
         print(f"{direction}: no comparable predictions")
         continue
     a, b = pair

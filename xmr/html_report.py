@@ -77,6 +77,7 @@ class _StoreView:
     """Texts and thumbnails of a store's items (what the gallery shows for an id)."""
 
     def __init__(self, store_path: str | None, images: str | Path | None) -> None:
+        """``store_path``: the store's directory (``""``/None: ids only); ``images``: photos."""
         from xmr.data.store import FeatureStore
 
         self.store = None
@@ -116,11 +117,11 @@ class _StoreView:
                     try:
                         from PIL import Image
 
-                        with Image.open(path) as im:
-                            im = im.convert("RGB")
-                            im.thumbnail((160, 160))
-                            buf = io.BytesIO()
-                            im.save(buf, format="JPEG", quality=80)
+                        with Image.open(path) as photo:
+                            rgb = photo.convert("RGB")
+                        rgb.thumbnail((160, 160))
+                        buf = io.BytesIO()
+                        rgb.save(buf, format="JPEG", quality=80)
                         self._thumbs[image_id] = data_uri(buf.getvalue(), "image/jpeg")
                     except OSError as err:
                         log.warning("%s: unreadable photo (%s)", path, err)
@@ -236,7 +237,7 @@ def _gallery_pair(report: Report, direction: str) -> tuple[str, dict, dict] | No
 
 
 def gallery_html(report: Report, images: str | Path | None, n: int = 6, seed: int = 0) -> str:
-    from xmr.report import _aligned, run_predictions
+    from xmr.report import align_predictions, run_predictions
 
     parts = []
     views: dict[str, _StoreView] = {}
@@ -248,11 +249,11 @@ def gallery_html(report: Report, images: str | Path | None, n: int = 6, seed: in
         name, run, base = pair
         pred, bpred = run_predictions(run, direction), run_predictions(base, direction)
         assert pred is not None and bpred is not None
-        aligned = _aligned(pred, bpred)
+        aligned = align_predictions(pred, bpred)
         if aligned is None:
             parts.append(f"<p>{direction}: the runs' test lists differ; no gallery.</p>")
             continue
-        store_path = (run.get("store") or {}).get("path")
+        store_path = str((run.get("store") or {}).get("path") or "")
         if store_path not in views:
             views[store_path] = _StoreView(store_path, images)
         view = views[store_path]

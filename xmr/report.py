@@ -435,7 +435,7 @@ def run_predictions(run: dict[str, Any], direction: str) -> dict[str, np.ndarray
     if not path.is_file():
         log.warning("%s: predictions file named in results.json is missing", path)
         return None
-    key = str(path)
+    key = f"{path}@{path.stat().st_mtime_ns}"  # a rerun's new file is read again
     if key not in _PRED_CACHE:
         _PRED_CACHE[key] = load_predictions(path)
     return _PRED_CACHE[key]
@@ -462,7 +462,7 @@ def recall_curve(labels: np.ndarray, max_k: int = CURVE_MAX_K, recall: str = "hi
     return per.mean(0) if len(per) else np.full(min(max_k, rel.shape[1]), np.nan)
 
 
-def _aligned(
+def align_predictions(
     pred: dict[str, np.ndarray], base: dict[str, np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Row indices into (pred, base) that pair the same query over the same candidate set."""
@@ -551,7 +551,7 @@ def significance(
                 pred = run_predictions(run, direction)
                 if pred is None:
                     continue
-                pair = _aligned(pred, base)
+                pair = align_predictions(pred, base)
                 if pair is None:
                     note = "different test lists than the baseline: not compared"
                     continue
@@ -982,8 +982,8 @@ def main(argv: list[str] | None = None) -> None:
         gallery=args.gallery,
     )
     print(report.markdown())
-    for name, path in written.items():
-        print(f"wrote {path}" if name else "")
+    for path in written.values():
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":
