@@ -1,0 +1,134 @@
+"""Training-step throughput at the paper's shape, FLOPs per step, efficiency vs matmul peak,
+and the vectorised ensemble's speed-up over sequential runs.
+
+    python benchmarks/bench_step.py [--threads 1] [--members 20] [--quick]
+
+Paper shape: batch 32 lists x 51 candidates, 512-d query + 512-d candidate, Context-Aware Ranker
+FC 64, 2 layers, 4 heads, feed-forward 128 (dropout 0.1 as configured). Inputs are random unit
+vectors with one positive per list (the step's cost does not depend on the values). Prints
+figures; asserts nothing about time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import header, matmul_gflops, timeit  # noqa: E402
+
+from xmr.ensemble import EnsembleRanker, ensemble_losses  # noqa: E402
+from xmr.models.ranker import ContextAwareRanker  # noqa: E402
+from xmr.utils.instantiate import instantiate  # noqa: E402
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+LOSSES = ("lambdarank", "neural_ndcg", "listnet", "ranknet")
+B, L, D = 32, 51, 512
+
+
+def make_loss(name: str) -> torch.nn.Module:
+    return instantiate(OmegaConf.load(CONF / "loss" / f"{name}.yaml"), where=f"loss={name}")
+
+
+def batch(e: int | None = None, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    lead = () if e is None else (e,)
+    q = torch.nn.functional.normalize(torch.randn(*lead, B, D, generator=g), dim=-1)
+    c = torch.nn.functional.normalize(torch.randn(*lead, B, L, D, generator=g), dim=-1)
+    y = torch.zeros(*lead, B, L)
+    y[..., 0] = 1.0
+    return q, c, torch.ones(*lead, B, L, dtype=torch.bool), y
+
+
+def net() -> ContextAwareRanker:
+    return ContextAwareRanker(D, D, fc_sizes=[64], num_layers=2, num_heads=4, ff_dim=128)
+
+
+def single_step(loss_name: str):
+    model, loss = net(), make_loss(loss_name)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    q, c, mask, y = batch()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss(model.forward_split(q, c, mask), y, mask).backward()
+        opt.step()
+
+    return step
+
+
+def flops_per_step(loss_name: str) -> int:
+    model, loss = net(), make_loss(loss_name)
+    q, c, mask, y = batch()
+    with FlopCounterMode(display=False) as counter:
+        loss(model.forward_split(q, c, mask), y, mask).backward()
+    return int(counter.get_total_flops())
+
+
+def ensemble_step(members: int, losses: tuple[str, ...]):
+    nets = []
+    for s in range(members):
+        torch.manual_seed(s)
+        nets.append(net())
+    ens = EnsembleRanker(nets)
+    opt = torch.optim.Adam(ens.parameters(), lr=1e-3)
+    per = members // len(losses)
+    groups = [(make_loss(n), list(range(i * per, (i + 1) * per))) for i, n in enumerate(losses)]
+    q, c, mask, y = batch(members)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        ensemble_losses(ens.forward_split(q, c, mask), y, mask, groups).sum().backward()
+        opt.step()
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    ap.add_argument("--members", type=int, default=20, help="ensemble size (multiple of 4)")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    reps = 3 if args.quick else 5
+    header(f"training step at the paper's shape (B={B}, L={L}, {D}+{D}-d, FC 64, 2x4 heads)")
+    peak = matmul_gflops()
+    print(f"fp32 matmul 1024^3: {peak:.1f} GFLOP/s")
+    out: dict[str, float] = {"matmul_gflops": peak}
+    seq = []
+    for name in LOSSES:
+        sec = timeit(single_step(name), repeats=reps, number=5)
+        fl = flops_per_step(name)
+        rate = fl / sec / 1e9
+        seq.append(sec)
+        out[f"{name}/lists_per_s"] = B / sec
+        print(
+            f"{name:>12s}: {sec * 1e3:7.1f} ms/step  {B / sec:7.0f} lists/s  "
+            f"{fl / 1e9:.3f} GFLOP/step (fwd+bwd)  {rate:5.1f} GFLOP/s = {rate / peak:5.1%} of matmul"
+        )
+    e = args.members
+    sec = timeit(ensemble_step(e, LOSSES), repeats=reps, number=2, warmup=1)
+    seq_mean = sum(seq) / len(seq)
+    per_member = B / sec
+    print(
+        f"ensemble E={e} ({e // 4} seeds x 4 losses): {sec * 1e3:.0f} ms/step, "
+        f"{per_member:.0f} lists/s per member ({e * B / sec:.0f} member-lists/s) vs "
+        f"{B / seq_mean:.0f} lists/s sequential (mean of the 4 losses): "
+        f"speed-up x{seq_mean * e / sec:.2f}"
+    )
+    out["ensemble/members"] = e
+    out["ensemble/lists_per_s_per_member"] = per_member
+    out["sequential/lists_per_s"] = B / seq_mean
+    out["ensemble/speedup"] = seq_mean * e / sec
+    return out
+
+
+if __name__ == "__main__":
+    main()
