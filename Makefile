@@ -9,7 +9,7 @@ DEMO_DIR ?= logs/demo
 DEMO_EPOCHS ?= 8
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all demo reproduce lint format clean
+.PHONY: help install test test-all demo reproduce lint format clean bench
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ demo: install ## SYNTHETIC demo: build a store, mine lists, train 4 losses, comp
 
 reproduce: install ## the paper's pipeline: mine, 4 losses x 5 seeds + baselines, report (REPRO_EPOCHS=1 REPRO_SEEDS=1: quick)
 	$(BIN)/python -m xmr.reproduce
+
+bench: install ## performance figures (SYNTHETIC paper-scale store; prints numbers, asserts none)
+	$(BIN)/python benchmarks/run_all.py
 
 lint: install ## ruff lint + format check
 	$(BIN)/ruff check xmr tests
