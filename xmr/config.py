@@ -62,9 +62,45 @@ def validate_config(cfg: DictConfig) -> None:
             p = net.get(key, 0.0)
             if not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
                 raise ConfigError(f"model.net.{key}={p!r}: must be in [0, 1)")
+    _check_loss(cfg)
+    max_lists = data.get("max_lists")
+    if max_lists is not None:
+        _positive_int(cfg, "data.max_lists", max_lists)
+    strategy = mining.get("strategy", "hard")
+    if strategy not in ("hard", "random"):
+        raise ConfigError(f"data.mining.strategy={strategy!r}: one of hard, random")
+    for key in ("t2i_captions_per_image", "i2t_positives"):
+        value = mining.get(key, 1)
+        if value != "all":
+            _positive_int(cfg, f"data.mining.{key}", value)
+    _positive_int(cfg, "data.mining.seed", mining.get("seed", 0), minimum=0)
+    _positive_int(cfg, "seed", cfg.get("seed", 0), minimum=0)
+    threads = cfg.get("threads")
+    if threads is not None:
+        _positive_int(cfg, "threads", threads)
     _positive_int(cfg, "trainer.max_epochs", cfg.trainer.get("max_epochs", 1))
     lr = cfg.get("optimizer", {}).get("lr", 1e-3) if cfg.get("optimizer") else 1e-3
     if not isinstance(lr, (int, float)) or lr <= 0:
         raise ConfigError(f"optimizer.lr={lr!r}: must be a number > 0")
     if cfg.monitor is None or not str(cfg.monitor).startswith("val/"):
         raise ConfigError(f"monitor={cfg.monitor!r}: must be a validation key such as val/rsum")
+
+
+#: Loss hyper-parameters that must be > 0 (temperatures, slopes, weights), and cut-offs that must
+#: be null or >= 1, wherever they appear in ``cfg.loss``.
+_POSITIVE_LOSS_KEYS = ("temperature", "sigma", "alpha", "mu", "pos_weight", "tau", "margin_scale")
+_CUTOFF_LOSS_KEYS = ("k", "sinkhorn_iters")
+
+
+def _check_loss(cfg: DictConfig) -> None:
+    loss = cfg.get("loss")
+    if not isinstance(loss, DictConfig):
+        return
+    for key in _POSITIVE_LOSS_KEYS:
+        if key in loss:
+            v = loss.get(key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ConfigError(f"loss.{key}={v!r}: must be a number > 0")
+    for key in _CUTOFF_LOSS_KEYS:
+        if key in loss and loss.get(key) is not None:
+            _positive_int(cfg, f"loss.{key}", loss.get(key))

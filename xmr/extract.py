@@ -350,7 +350,9 @@ def _encode_kind(
 
 def _assemble(work: Path, kind: str, n: int, chunk_size: int) -> np.ndarray:
     n_chunks = (n + chunk_size - 1) // chunk_size
-    return np.concatenate([np.load(_chunk_path(work, kind, k)) for k in range(n_chunks)])
+    return np.concatenate(
+        [np.load(_chunk_path(work, kind, k), allow_pickle=False) for k in range(n_chunks)]
+    )
 
 
 # ------------------------------------------------------------------------------------- driver

@@ -1,0 +1,262 @@
+"""Bad input is refused at start-up with a message naming the file or field and the rule.
+
+Fills the gaps left by tests/test_store.py, tests/test_mining.py and tests/test_adapters.py:
+configs (unknown keys, wrong types, impossible values) through the real entry points, candidate
+lists that do not belong to the store being trained on, an empty split, odd caption tables.
+Stores here are SYNTHETIC.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import DictConfig, open_dict
+
+from xmr.data.adapters import DatasetError, build_dataset
+from xmr.data.lists import ListsError, mine_lists
+from xmr.data.store import FeatureStore, write_store
+from xmr.data.synth import PRESETS, write_synthetic_store
+from xmr.train import train
+from xmr.utils.instantiate import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+
+def _cfg(tmp: Path, overrides: list[str], run: str = "run") -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(REPO)
+        cfg.paths.data_dir = str(tmp / "data")
+        cfg.paths.log_dir = str(tmp / "logs")
+        cfg.paths.output_dir = str(tmp / run)
+    return cfg
+
+
+# ----------------------------------------------------------------------------------- configs
+@pytest.mark.parametrize("override", ["bogus=1", "data.bogus=1", "trainer.no_such_flag=true"])
+def test_unknown_config_key_is_refused_by_hydra(override: str) -> None:
+    with (
+        initialize_config_dir(config_dir=str(CONF), version_base="1.3"),
+        pytest.raises(ConfigCompositionException, match="Could not override"),
+    ):
+        compose("train", overrides=["data=synthetic_tiny", override])
+
+
+def test_unknown_key_on_the_command_line_fails_before_any_work(tmp_path: Path) -> None:
+    env = {**os.environ, "XMR_LOGS": str(tmp_path / "logs"), "XMR_DATA": str(tmp_path / "data")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "xmr.train", "data=synthetic_tiny", "data.batch_sise=8"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "data.batch_sise" in proc.stderr and "not in struct" in proc.stderr.replace("\n", " ")
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        # wrong types (Hydra accepts any value for keys of plain YAML configs)
+        (["data.batch_size=abc"], r"data\.batch_size='abc': must be an integer"),
+        (["trainer.max_epochs=1.5"], r"trainer\.max_epochs=1\.5: must be an integer"),
+        (["ks=[1,abc]"], r"ks\[\]='abc': must be an integer"),
+        (["model.net.dropout=abc"], r"model\.net\.dropout='abc': must be in \[0, 1\)"),
+        (["optimizer.lr=fast"], r"optimizer\.lr='fast': must be a number > 0"),
+        # impossible values
+        (["data.direction=x2y"], r"data\.direction='x2y': one of t2i, i2t, both"),
+        (["data.eval_batch_size=0"], r"data\.eval_batch_size=0"),
+        (["data.max_lists=0"], r"data\.max_lists=0"),
+        (["data.mining.strategy=best"], r"data\.mining\.strategy='best'"),
+        (["data.mining.i2t_positives=0"], r"data\.mining\.i2t_positives=0"),
+        (["data.mining.pool=-5"], r"data\.mining\.pool=-5"),
+        (["seed=-1"], r"seed=-1: must be an integer >= 0"),
+        (["threads=0"], r"threads=0"),
+        (["model.net.fc_sizes=[]"], r"model\.net\.fc_sizes=\[\]"),
+        (["model.net.dropout=1.0"], r"model\.net\.dropout=1\.0: must be in \[0, 1\)"),
+        (["monitor=test/rsum"], r"monitor='test/rsum': must be a validation key"),
+        (["loss=neural_ndcg", "loss.temperature=0"], r"loss\.temperature=0: must be a number > 0"),
+        (["loss=ranknet", "loss.sigma=-1"], r"loss\.sigma=-1: must be a number > 0"),
+        (["loss=approx_ndcg", "loss.alpha=0"], r"loss\.alpha=0"),
+        (["loss=lambdarank", "loss.k=0"], r"loss\.k=0: must be an integer >= 1"),
+        (["loss=neural_ndcg", "loss.sinkhorn_iters=0"], r"loss\.sinkhorn_iters=0"),
+        (["loss=pointwise_bce", "loss.pos_weight=-2"], r"loss\.pos_weight=-2"),
+    ],
+)
+def test_bad_config_value_fails_at_start_up(tmp_path: Path, overrides: list[str], match: str):
+    cfg = _cfg(tmp_path, ["data=synthetic_tiny", *overrides])
+    with pytest.raises(ConfigError, match=match):
+        train(cfg)
+    assert not (tmp_path / "data").exists()  # validated before any data was generated or mined
+    record = json.loads((tmp_path / "run" / "failed.json").read_text())
+    assert record["error"].startswith("ConfigError: ") and record["seed"] == cfg.seed
+
+
+# ------------------------------------------------------------------------- lists vs store
+@pytest.fixture(scope="module")
+def two_stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """The tiny SYNTHETIC store with lists, and another store (other seed) of the same size."""
+    root = tmp_path_factory.mktemp("lists_vs_store")
+    a = write_synthetic_store(root / "a", PRESETS["tiny"])
+    b = write_synthetic_store(
+        root / "b", PRESETS["tiny"].__class__(**{**PRESETS["tiny"].__dict__, "seed": 7})
+    )
+    lists = mine_lists(FeatureStore.open(a), root / "lists_a", pool=30, hard=10)
+    return a, b, lists
+
+
+def _train_on(tmp: Path, store: Path, lists: Path) -> None:
+    train(
+        _cfg(
+            tmp,
+            [
+                "data=synthetic_tiny",
+                f"data.store={store}",
+                "data.synth=null",
+                f"data.lists_dir={lists}",
+                "trainer.max_epochs=1",
+                "trainer.enable_progress_bar=false",
+            ],
+        )
+    )
+
+
+def test_lists_of_another_store_are_refused(two_stores, tmp_path: Path) -> None:
+    a, b, lists = two_stores
+    with pytest.raises(ListsError, match=r"lists\.json: store_fingerprint .* does not match"):
+        _train_on(tmp_path, b, lists)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before training
+
+
+def test_lists_of_a_smaller_store_are_refused(two_stores, tmp_path: Path) -> None:
+    a, _, _ = two_stores
+    small = write_synthetic_store(
+        tmp_path / "small",
+        PRESETS["tiny"].__class__(**{**PRESETS["tiny"].__dict__, "num_train": 20}),
+    )
+    lists = mine_lists(FeatureStore.open(a), tmp_path / "lists", pool=30, hard=10)
+    with pytest.raises(ListsError, match="store_fingerprint"):
+        _train_on(tmp_path, small, lists)
+
+
+@pytest.mark.parametrize(
+    "tamper, match",
+    [
+        ("no_positive", "at least one positive"),
+        ("duplicate", "duplicate candidate"),
+        ("label_2", r"labels must be in \{0, 1\}"),
+        ("truncated", "unreadable npz"),
+    ],
+)
+def test_tampered_lists_stop_training_naming_the_file(
+    two_stores, tmp_path: Path, tamper: str, match: str
+) -> None:
+    a, _, lists = two_stores
+    copy = tmp_path / "lists"
+    shutil.copytree(lists, copy)
+    path = copy / "t2i_val.npz"
+    with np.load(path) as z:
+        arrays = {k: z[k].copy() for k in z.files}
+    if tamper == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        if tamper == "no_positive":
+            arrays["labels"][3] = 0
+        elif tamper == "duplicate":
+            arrays["candidates"][3, 1] = arrays["candidates"][3, 0]
+        else:
+            arrays["labels"][3, 0] = 2
+        np.savez(path, **arrays)
+    with pytest.raises(ListsError, match=match) as err:
+        _train_on(tmp_path, a, copy)
+    assert "t2i_val.npz" in str(err.value)
+
+
+# ---------------------------------------------------------------------------------- splits
+def test_store_with_an_empty_val_split_trains_and_says_so(tmp_path: Path) -> None:
+    """No validation images: the val lists are empty; training runs to the end and tests (no
+    best validation value is reported) rather than crashing deep inside Lightning."""
+    rng = np.random.default_rng(0)
+    n, d = 40, 8
+    img = rng.normal(size=(n, d))
+    text_image = np.repeat(np.arange(n), 2)
+    split = np.array([0] * 30 + [2] * 10, dtype=np.uint8)
+    store = write_store(
+        tmp_path / "store",
+        image_emb=img,
+        text_emb=img[text_image] + 0.3 * rng.normal(size=(2 * n, d)),
+        text_image=text_image,
+        image_split=split,
+        images=[f"i{i}" for i in range(n)],
+        captions=[f"c{i}" for i in range(2 * n)],
+        encoder={"name": "synthetic-test"},
+        joint_space=True,
+    )
+    cfg = _cfg(
+        tmp_path,
+        [
+            "data=synthetic_tiny",
+            f"data.store={store}",
+            "data.synth=null",
+            "data.mining.pool=10",
+            "data.mining.hard=5",
+            "ks=[1,5]",
+            "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false",
+        ],
+    )
+    results = train(cfg)
+    assert 0.0 <= results["test/t2i/recall@1"] <= 1.0 and "best_val/rsum" not in results
+
+
+def test_store_without_a_test_split_is_refused(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    with pytest.raises(Exception, match="test") as err:
+        write_store(
+            tmp_path / "s",
+            image_emb=rng.normal(size=(4, 3)),
+            text_emb=rng.normal(size=(4, 3)),
+            text_image=np.arange(4),
+            image_split=np.zeros(4, np.uint8),
+            images=list("abcd"),
+            captions=list("abcd"),
+            encoder={},
+            joint_space=True,
+        )
+    assert "split 'test' must be present" in str(err.value)
+
+
+# --------------------------------------------------------------------------------- adapters
+def _folder(tmp: Path, table: bytes) -> dict:
+    (tmp / "a.jpg").write_bytes(b"x")
+    (tmp / "captions.tsv").write_bytes(table)
+    return {"annotations": str(tmp / "captions.tsv"), "image_root": str(tmp), "check_images": False}
+
+
+@pytest.mark.parametrize(
+    "table, match",
+    [
+        (b"image\tcaption\n", "no"),  # header only: no captions
+        (b"image\tcaption\na.jpg\t\n", "empty caption"),
+        (b"image\tcaption\na.jpg\t\xff\xfe bad bytes\n", "captions.tsv"),
+        (b"image\tcaption\n\tsome caption\n", "empty image path"),
+    ],
+)
+def test_bad_caption_table_names_the_file(tmp_path: Path, table: bytes, match: str) -> None:
+    with pytest.raises(DatasetError, match=match) as err:
+        build_dataset("folder", _folder(tmp_path, table))
+    assert "captions.tsv" in str(err.value)
