@@ -265,7 +265,9 @@ def test_killed_mining_resumes_and_keeps_finished_files(mining_store: Path, tmp_
     assert not out.exists()  # nothing published
     inode = (partial / "t2i_train.npz").stat().st_ino
 
-    _run_to_end(cmd, tmp_path, log)
+    text = _run_to_end(cmd, tmp_path, log)
+    # The mine report states, per file, how many lists held positives beyond those added.
+    assert text.count('"lists_with_extra_positives": 0') == 6, text[-3000:]
     assert not partial.exists()
     assert (out / "t2i_train.npz").stat().st_ino == inode  # kept, not mined again
     reference = mine_lists(

@@ -9,6 +9,20 @@ A run's directory holds ``config.yaml`` (resolved), ``checkpoints/{best,last}.ck
 ``metrics.jsonl`` (per-epoch logged values), ``predictions_{t2i,i2t}.npz`` and ``results.json``
 (see :func:`xmr.results.write_results`). Starting the same command again resumes from
 ``checkpoints/last.ckpt`` when the run did not finish.
+
+Reliability (tests/test_resume.py, tests/test_determinism.py):
+
+- ``last.ckpt`` is written at the end of every epoch (:func:`last_checkpoint_callback`),
+  atomically (:class:`AtomicCheckpointIO`), with the RNG and DataLoader-generator states
+  (:class:`RNGStateCallback`); a run killed at any point and started again with the same command
+  redoes at most the epoch in progress and ends bit-identical to an uninterrupted run on CPU.
+- A run that raises writes ``failed.json`` (``{"error": "<Type>: <message>", "traceback",
+  "config", "seed"}``, secrets scrubbed) instead of ``results.json`` and re-raises; a later
+  success removes it. Under ``-m`` Hydra's basic launcher still runs the sweep's other jobs and
+  exits non-zero at the end (it raises the first job error after the batch).
+- ``config.yaml`` and ``results.json`` hold the config with secrets scrubbed
+  (:func:`xmr.loggers.scrub_secrets`). Hydra's own ``.hydra/overrides.yaml`` records the command
+  line verbatim: pass W&B keys through the environment (``WANDB_API_KEY``), never as overrides.
 """
 
 from __future__ import annotations
