@@ -18,6 +18,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "synth": ("xmr.prepare", "synth_main", "generate a SYNTHETIC feature store (Hydra: data=...)"),
     "mine": ("xmr.prepare", "mine_main", "mine hard-negative candidate lists (Hydra: data=...)"),
     "train": ("xmr.train", "main", "train a ranker / evaluate a fixed scorer (Hydra)"),
+    "train-ensemble": (
+        "xmr.train_ensemble",
+        "main",
+        "train seeds x losses as one vectorised ensemble (Hydra: conf/ensemble.yaml)",
+    ),
     "eval": ("xmr.eval", "main", "re-evaluate a run: run_dir=DIR [ckpt=FILE] [key=value ...]"),
     "extract": ("xmr.extract", "main", "encode images + captions with open_clip (Hydra)"),
     "eval-zeroshot": ("xmr.zeroshot_cli", "main", "full-gallery Recall@K: store=DIR [split=test]"),
