@@ -7,9 +7,13 @@ BIN := $(VENV)/bin
 TORCH_PAIR := torch==2.14.1 torchvision==0.29.1
 DEMO_DIR ?= logs/demo
 DEMO_EPOCHS ?= 8
+REPORT_ROOT ?= $(DEMO_DIR)
+REPORT_OUT ?= $(REPORT_ROOT)
+# Photo folder for the HTML gallery (optional): make report REPORT_IMAGES=../shared/data/flickr8k-1k/images
+REPORT_IMAGES ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all demo reproduce lint format clean bench
+.PHONY: help install test test-all demo report reproduce lint format clean bench
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -34,6 +38,9 @@ demo: install ## SYNTHETIC demo: build a store, mine lists, train 4 losses, comp
 	    loss=lambdarank,neural_ndcg,listnet,ranknet hydra.sweep.dir=$(DEMO_DIR)/rankers
 	$(BIN)/xmr train experiment=demo model=cosine hydra.run.dir=$(DEMO_DIR)/clip_cosine
 	$(BIN)/xmr report $(DEMO_DIR) --out $(DEMO_DIR)
+
+report: install ## Table 2 (md/csv/tex), significance, plots, report.html: REPORT_ROOT=sweep dir
+	$(BIN)/xmr report $(REPORT_ROOT) --out $(REPORT_OUT) $(if $(REPORT_IMAGES),--images $(REPORT_IMAGES))
 
 reproduce: install ## the paper's pipeline: mine, 4 losses x 5 seeds + baselines, report (REPRO_EPOCHS=1 REPRO_SEEDS=1: quick)
 	$(BIN)/python -m xmr.reproduce

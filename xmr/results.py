@@ -197,7 +197,14 @@ def finished_results(out: str | Path, cfg: DictConfig) -> dict[str, Any] | None:
         log.warning("%s: predictions file(s) %s missing; running the job again", path, missing)
         return None
     try:
-        current = _comparable(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        try:  # results.json holds the config with secrets scrubbed: compare like with like
+            from xmr.loggers import scrub_secrets
+
+            plain = scrub_secrets(plain)
+        except ImportError:  # pragma: no cover
+            pass
+        current = _comparable(plain)  # type: ignore[arg-type]
     except Exception as err:  # an unresolvable interpolation: cannot prove it is the same job
         log.warning("%s: config does not resolve (%s); running the job again", path, err)
         return None

@@ -57,7 +57,7 @@ from xmr.loggers import (
 )
 from xmr.models.module import RankingModule
 from xmr.paths import CONF_DIR
-from xmr.results import method_name, write_predictions, write_results
+from xmr.results import finished_results, method_name, write_predictions, write_results
 from xmr.utils.instantiate import ConfigError, instantiate
 from xmr.utils.io import atomic_write, atomic_write_json, atomic_write_text, remove_if_exists
 
@@ -342,6 +342,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def _train(cfg: DictConfig) -> dict[str, Any]:
     validate_config(cfg)
     out = output_dir_of(cfg)
+    done = finished_results(out, cfg)
+    if done is not None:  # a sweep rerun: this job already finished with the same config
+        log.info("%s: already finished (results.json present); skipping", out)
+        return done
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(_plain_config(cfg)))
     L.seed_everything(int(cfg.seed), workers=True)
