@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xmr.data.store import SPLITS, FeatureStore
+from xmr.data.store import SPLITS, STORE_FILES, FeatureStore
 from xmr.data.synth import PRESETS, SynthConfig, generate, write_synthetic_store
 from xmr.metrics.zeroshot import full_gallery_recall, store_split_recall
 
@@ -19,7 +19,8 @@ CLIP_R1 = {"i2t": 0.789, "t2i": 0.588}
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(root.iterdir())}
+    """The store's own files (lists mined next to it by other tests are not part of the store)."""
+    return {name: (root / name).read_bytes() for name in STORE_FILES}
 
 
 def test_same_seed_same_bytes(tmp_path: Path, tiny_store: Path) -> None:
