@@ -29,7 +29,7 @@ def _cfg(tmp: Path, store: Path, *extra: str) -> DictConfig:
                 f"data.store={store}",
                 "data.synth=null",
                 f"data.lists_root={tmp / 'lists'}",
-                "trainer.max_epochs=2",
+                "trainer.max_epochs=1",
                 "trainer.enable_progress_bar=false",
                 "seed=3",
                 *extra,
@@ -63,5 +63,5 @@ def test_success_removes_a_stale_failed_json(tiny_store: Path, tmp_path: Path) -
     run = tmp_path / "run"
     run.mkdir()
     (run / "failed.json").write_text('{"error": "RuntimeError: an earlier attempt"}')
-    train(_cfg(tmp_path, tiny_store, "trainer.max_epochs=1"))
+    train(_cfg(tmp_path, tiny_store))
     assert (run / "results.json").is_file() and not (run / "failed.json").exists()
