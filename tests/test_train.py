@@ -80,6 +80,7 @@ GROUPS = [
     "callbacks",
     "logger",
     "experiment",
+    "protocol",
 ]
 
 
@@ -118,6 +119,10 @@ def test_every_config_option_composes_and_instantiates(tmp_path, group, option) 
             assert instantiate(cfg.logger) is not None
         else:
             assert instantiate(cfg.trainer, logger=False).max_epochs >= 1
+    elif group == "protocol":
+        assert cfg.protocol.name == option
+        full = cfg.protocol.full_gallery
+        assert full is None or (full.top_k >= 1 and full.split == "test")
     else:
         assert cfg.trainer.max_epochs >= 1 and cfg.data.batch_size >= 1
 
