@@ -47,8 +47,11 @@ LOSSES = ("lambdarank", "neural_ndcg", "listnet", "ranknet")
 # (both directions, one epoch + validation + test) took 2,128 s wall (~18 CPU-minutes); the
 # CLIP-cosine job (no training) took 13 s. An idle 2-core machine should be up to ~2-4x faster;
 # plug in your own numbers with REPRO_SEC_PER_EPOCH / REPRO_SEC_PER_JOB / REPRO_SEC_PREPARE.
-SEC_PER_EPOCH = 2100.0  # one epoch of one ranker job (both directions) incl. validation
-SEC_PER_JOB = 25.0  # start-up, data loading, test and writing results of one job
+# Re-measured with `threads: 1` (the default since) on an idle 2-core machine: `xmr train
+# experiment=paper loss=listnet trainer.max_epochs=1` took 103 s wall in all, about 90 s of it the
+# epoch (58,000 lists, both directions) + validation; peak RSS 1.59 GB.
+SEC_PER_EPOCH = 90.0  # one epoch of one ranker job (both directions) incl. validation
+SEC_PER_JOB = 15.0  # start-up, data loading, test and writing results of one job
 SEC_PREPARE = 120.0  # generating + mining the paper-scale synthetic store (once; not re-measured)
 
 
@@ -147,7 +150,8 @@ def estimate(plan: Plan) -> tuple[float, str]:
         f"T = T_prepare + N_trained x (T_job + E x T_epoch) + N_fixed x T_job\n"
         f"  = {t_prep:.0f} + {plan.trained_jobs} x ({t_job:.0f} + {plan.epochs} x {t_epoch:.0f})"
         f" + {len(plan.fixed_baselines)} x {t_job:.0f} s = {total:.0f} s ({_human(total)})\n"
-        f"  T_epoch, T_job measured on a busy 2-core CPU machine at paper scale (no GPU); scale\n"
+        f"  T_epoch, T_job measured on an idle 2-core CPU machine, 1 thread, paper scale (no GPU);\n"
+        f"  jobs run one after another; scale"
         f"  by your machine's speed (REPRO_SEC_PER_EPOCH=... etc. to plug in your own numbers)."
     )
     return total, formula
