@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _compose import make_cfg
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
-from omegaconf import DictConfig, open_dict
 
 from xmr.data.adapters import DatasetError, build_dataset
 from xmr.data.lists import ListsError, mine_lists
@@ -30,17 +30,6 @@ from xmr.utils.instantiate import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
-
-
-def _cfg(tmp: Path, overrides: list[str], run: str = "run") -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(REPO)
-        cfg.paths.data_dir = str(tmp / "data")
-        cfg.paths.log_dir = str(tmp / "logs")
-        cfg.paths.output_dir = str(tmp / run)
-    return cfg
 
 
 # ----------------------------------------------------------------------------------- configs
@@ -98,7 +87,7 @@ def test_unknown_key_on_the_command_line_fails_before_any_work(tmp_path: Path) -
     ],
 )
 def test_bad_config_value_fails_at_start_up(tmp_path: Path, overrides: list[str], match: str):
-    cfg = _cfg(tmp_path, ["data=synthetic_tiny", *overrides])
+    cfg = make_cfg(tmp_path, ["data=synthetic_tiny", *overrides])
     with pytest.raises(ConfigError, match=match):
         train(cfg)
     assert not (tmp_path / "data").exists()  # validated before any data was generated or mined
@@ -121,7 +110,7 @@ def two_stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pa
 
 def _train_on(tmp: Path, store: Path, lists: Path) -> None:
     train(
-        _cfg(
+        make_cfg(
             tmp,
             [
                 "data=synthetic_tiny",
@@ -206,7 +195,7 @@ def test_store_with_an_empty_val_split_trains_and_says_so(tmp_path: Path) -> Non
         encoder={"name": "synthetic-test"},
         joint_space=True,
     )
-    cfg = _cfg(
+    cfg = make_cfg(
         tmp_path,
         [
             "data=synthetic_tiny",

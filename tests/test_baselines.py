@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from _compose import make_cfg
+from omegaconf import open_dict
 
 from xmr.data.store import FeatureStore, write_store
 from xmr.eval import evaluate
@@ -34,17 +34,6 @@ from xmr.utils.instantiate import instantiate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 MODELS = {"dcca": DCCAModel, "cmpm": CMPMModel, "vsepp": VSEPPModel, "infonce": InfoNCEModel}
-
-
-def make_cfg(tmp: Path, overrides: list[str], run: str = "run") -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(CONF.parent)
-        cfg.paths.data_dir = str(tmp / "data")
-        cfg.paths.log_dir = str(tmp / "logs")
-        cfg.paths.output_dir = str(tmp / run)
-    return cfg
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch.distributed as dist
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from _compose import make_cfg
 
 from xmr.data.lists import load_lists
 from xmr.data.store import FeatureStore
@@ -21,17 +20,6 @@ from xmr.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
-
-
-def make_cfg(tmp: Path, overrides: list[str], run: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(ROOT)
-        cfg.paths.data_dir = str(tmp / "data")
-        cfg.paths.log_dir = str(tmp / "logs")
-        cfg.paths.output_dir = str(tmp / run)
-    return cfg
 
 
 def test_ddp_config_composes(tmp_path) -> None:

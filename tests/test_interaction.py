@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
+from _compose import make_cfg
 
 from xmr.data.store import write_store
 from xmr.models.ranker import ContextAwareRanker, interaction_features
@@ -18,16 +17,6 @@ from xmr.utils.instantiate import ConfigError, instantiate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 ALL = ["cosine", "product", "absdiff"]
-
-
-def _cfg(tmp: Path, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(CONF.parent)
-        cfg.paths.data_dir = str(tmp / "data")
-        cfg.paths.output_dir = str(tmp / "run")
-    return cfg
 
 
 @pytest.mark.parametrize(
@@ -101,7 +90,7 @@ def test_interaction_refused_on_a_store_without_joint_space(tmp_path) -> None:
         encoder={"name": "test"},
         joint_space=False,
     )
-    cfg = _cfg(
+    cfg = make_cfg(
         tmp_path,
         [
             "data=synthetic_tiny",
@@ -122,7 +111,7 @@ def test_interaction_refused_on_a_store_without_joint_space(tmp_path) -> None:
 
 
 def test_interaction_run_is_named_and_trains(tiny_store, tmp_path) -> None:
-    cfg = _cfg(
+    cfg = make_cfg(
         tmp_path,
         [
             "data=synthetic_tiny",

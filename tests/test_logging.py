@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from _compose import make_cfg
+from omegaconf import open_dict
 
 from xmr.loggers import (
     build_loggers,
@@ -23,18 +23,6 @@ from xmr.train import train
 pytest.importorskip("wandb")
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def make_cfg(tmp: Path, overrides: list[str], run: str = "run") -> DictConfig:
-    """Compose ``conf/train.yaml`` with ``overrides``; data, logs and the run dir under ``tmp``."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(CONF.parent)
-        cfg.paths.data_dir = str(tmp / "data")
-        cfg.paths.log_dir = str(tmp / "logs")
-        cfg.paths.output_dir = str(tmp / run)
-    return cfg
 
 
 @pytest.fixture(autouse=True)

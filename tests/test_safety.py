@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from _compose import make_cfg
 
 from xmr.train import train
 from xmr.utils.instantiate import ConfigError
@@ -87,15 +86,6 @@ def test_instantiate_only_through_the_restricted_helper() -> None:
 
 
 # ------------------------------------------------------------------------------- run-level
-def _cfg(tmp: Path, overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(REPO)
-        cfg.paths.data_dir = str(tmp / "data")
-        cfg.paths.log_dir = str(tmp / "logs")
-        cfg.paths.output_dir = str(tmp / "run")
-    return cfg
 
 
 @pytest.mark.parametrize(
@@ -111,7 +101,7 @@ def test_foreign_target_anywhere_is_refused_at_start_up(
     tmp_path: Path, override: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    cfg = _cfg(tmp_path, ["data=synthetic_tiny", override])
+    cfg = make_cfg(tmp_path, ["data=synthetic_tiny", override])
     with pytest.raises(ConfigError, match="only targets in xmr, torch, lightning"):
         train(cfg)
     assert not (tmp_path / "PWNED").exists() and not (tmp_path / "data").exists()
@@ -126,7 +116,7 @@ def secret_run(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     mp = pytest.MonkeyPatch()
     mp.setenv("WANDB_API_KEY", SECRET)
     try:
-        cfg = _cfg(
+        cfg = make_cfg(
             tmp,
             [
                 "data=synthetic_tiny",
@@ -163,7 +153,7 @@ def test_checkpoints_hold_no_pickled_objects(secret_run: Path) -> None:
 
 def test_failed_json_scrubs_secrets_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_API_KEY", SECRET)
-    cfg = _cfg(tmp_path, ["data=synthetic_tiny", "optimizer.lr=-1", "+api_token=" + SECRET])
+    cfg = make_cfg(tmp_path, ["data=synthetic_tiny", "optimizer.lr=-1", "+api_token=" + SECRET])
     with pytest.raises(ConfigError):
         train(cfg)
     text = (tmp_path / "run" / "failed.json").read_text()

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from _compose import make_cfg
+from omegaconf import DictConfig
 
 from xmr.data.lists import load_lists
 from xmr.data.store import FeatureStore, write_store
@@ -21,17 +21,6 @@ from xmr.utils.instantiate import ConfigError, instantiate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
-
-
-def make_cfg(tmp: Path, overrides: list[str], run: str = "run") -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(CONF.parent)
-        cfg.paths.data_dir = str(tmp / "data")
-        cfg.paths.log_dir = str(tmp / "logs")
-        cfg.paths.output_dir = str(tmp / run)
-    return cfg
 
 
 @pytest.fixture(scope="module")
