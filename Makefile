@@ -46,7 +46,7 @@ reproduce: install ## the paper's pipeline: mine, 4 losses x 5 seeds + baselines
 	$(BIN)/python -m xmr.reproduce
 
 bench: install ## performance figures (SYNTHETIC paper-scale store; prints numbers, asserts none)
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/run_all.py --threads 1
 
 lint: install ## ruff lint + format check
 	$(BIN)/ruff check xmr tests
