@@ -30,12 +30,14 @@ install: $(BIN)/.installed ## create .venv and install xmr with its dev and wand
 test: install ## run the test suite (what .ci/run calls)
 	$(BIN)/pytest -q
 
-demo: install ## SYNTHETIC demo: build a store, mine lists, train 4 losses, compare with CLIP cosine
+demo: install ## SYNTHETIC demo: store, lists, 4 losses + DCCA/CMPM/VSE++/InfoNCE vs CLIP cosine, report
 	@echo "== xmr demo: SYNTHETIC data (seeded generator, shaped like Flickr30k, 2,000/200/200 images) =="
-	@echo "== expected wall time on 2 CPU cores: about 7 minutes (2 jobs at a time, 1 thread each) =="
+	@echo "== expected wall time on 2 CPU cores: about 9 minutes (2 jobs at a time, 1 thread each) =="
 	$(BIN)/xmr mine data=synthetic_demo
 	$(BIN)/xmr train -m experiment=demo trainer.max_epochs=$(DEMO_EPOCHS) hydra/launcher=local \
 	    loss=lambdarank,neural_ndcg,listnet,ranknet hydra.sweep.dir=$(DEMO_DIR)/rankers
+	$(BIN)/xmr train -m experiment=demo trainer.max_epochs=$(DEMO_EPOCHS) hydra/launcher=local \
+	    model=dcca,cmpm,vsepp,infonce hydra.sweep.dir=$(DEMO_DIR)/baselines
 	$(BIN)/xmr train experiment=demo model=cosine hydra.run.dir=$(DEMO_DIR)/clip_cosine
 	$(BIN)/xmr report $(DEMO_DIR) --out $(DEMO_DIR)
 
