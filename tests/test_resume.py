@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _compose import make_cfg
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
 
 from xmr.data.lists import mine_lists
 from xmr.data.store import FeatureStore
@@ -36,17 +36,6 @@ from xmr.train import train
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 METRIC_PREFIXES = ("test/", "val/", "best_val/")
-
-
-def _make_cfg(tmp: Path, overrides: list[str], run: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(REPO)
-        cfg.paths.data_dir = str(tmp / "data")
-        cfg.paths.log_dir = str(tmp / "logs")
-        cfg.paths.output_dir = str(tmp / run)
-    return cfg
 
 
 def _env(tmp: Path) -> dict[str, str]:
@@ -111,7 +100,7 @@ def _ckpt_epoch(path: Path) -> int | None:
 def test_killed_training_resumes_to_the_uninterrupted_result(tiny_store: Path, tmp_path: Path):
     epochs = 14
     overrides = _train_overrides(tiny_store, tmp_path / "lists", epochs)
-    reference = train(_make_cfg(tmp_path, overrides, "reference"))  # also mines the lists
+    reference = train(make_cfg(tmp_path, overrides, "reference"))  # also mines the lists
 
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "xmr.train", *overrides, f"hydra.run.dir={run}"]
