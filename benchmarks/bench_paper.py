@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -167,14 +166,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             f"'hydra.run.dir={tempfile.mkdtemp()}'"
             + (f",'{limit}'" if limit else "")
             + (f",'threads={args.threads}'" if args.threads else "")
-            + "]; from xmr.train import main; main()"
+            + "]; from xmr.train import main; main()\n"
+            # VmHWM is the peak RSS of this process's own address space. ru_maxrss of a child is
+            # not: Linux carries the parent's high-water mark over fork + exec, so a benchmark
+            # process holding big arrays would inflate it.
+            "hwm = open('/proc/self/status').read().split('VmHWM:')[1].split()[0]\n"
+            "print('XMR_VMHWM_KB', hwm)"
         )
         t0 = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True
         )
         wall = time.perf_counter() - t0
-        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB -> MiB
+        hwm = [ln.split()[1] for ln in proc.stdout.splitlines() if ln.startswith("XMR_VMHWM_KB")]
+        rss = int(hwm[0]) / 1024 if hwm else float("nan")  # KiB -> MiB
         status = "ok" if proc.returncode == 0 else f"FAILED ({proc.stderr[-400:]})"
         what = f"{args.rss_batches} batches" if args.rss_batches else "the full epoch"
         print(
