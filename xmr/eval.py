@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from xmr.config import validate_config
 from xmr.data.datamodule import XMRDataModule
 from xmr.full_gallery import run_protocol
+from xmr.models.module import run_test_loop
 from xmr.results import write_predictions, write_results
 from xmr.train import build_module, load_weights, run_method
 from xmr.utils.instantiate import instantiate
@@ -59,17 +60,7 @@ def evaluate(
         if not ckpt_path.exists():
             raise FileNotFoundError(f"{ckpt_path}: checkpoint not found")
         load_weights(module, ckpt_path)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
-    merged: dict[str, float] = {}
-    for part in trainer.test(module, datamodule=dm, verbose=False):
-        merged.update({k: float(v) for k, v in part.items()})
+    merged = run_test_loop(module, dm)
     predictions = write_predictions(out_dir, module.predictions)
     full, full_info = run_protocol(cfg, module.nets, dm.store)  # xmr.full_gallery
     merged.update(full)

@@ -55,7 +55,7 @@ from xmr.loggers import (
     log_final_results,
     scrub_secrets,
 )
-from xmr.models.module import RankingModule
+from xmr.models.module import RankingModule, run_test_loop
 from xmr.paths import CONF_DIR
 from xmr.results import finished_results, method_name, write_predictions, write_results
 from xmr.utils.instantiate import ConfigError, instantiate
@@ -409,10 +409,7 @@ def _fit_and_test(
 
     results: dict[str, Any] = {}
     if cfg.get("test", True):
-        test_metrics = trainer.test(module, datamodule=dm, verbose=False)
-        merged: dict[str, float] = {}
-        for part in test_metrics:
-            merged.update({k: float(v) for k, v in part.items()})
+        merged = run_test_loop(module, dm, trainer)
         predictions = write_predictions(out, module.predictions) if trainer.is_global_zero else {}
         val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         full, full_info = run_protocol(cfg, module.nets, dm.store)  # xmr.full_gallery

@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from xmr.data.datamodule import XMRDataModule
 from xmr.ensemble import EnsembleRanker, MemberBatches, clip_grad_norm_per_member, ensemble_losses
 from xmr.metrics.retrieval import ListRetrievalMetrics
-from xmr.models.module import RSUM_KS, RankingModule
+from xmr.models.module import RSUM_KS, RankingModule, run_test_loop
 from xmr.models.ranker import ContextAwareRanker
 from xmr.paths import CONF_DIR
 from xmr.results import write_predictions, write_results
@@ -176,17 +176,7 @@ def _test_member(
     ensemble: dict[str, int],
 ) -> dict[str, Any]:
     """Test one member with the same Lightning test loop as ``xmr train``; write its results."""
-    trainer = L.Trainer(
-        accelerator=str(cfg.trainer.get("accelerator", "auto")),
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    merged: dict[str, float] = {}
-    for part in trainer.test(module, datamodule=dm, verbose=False):
-        merged.update({k: float(v) for k, v in part.items()})
+    merged = run_test_loop(module, dm, accelerator=str(cfg.trainer.get("accelerator", "auto")))
     predictions = write_predictions(out, module.predictions)
     full_info = None
     try:

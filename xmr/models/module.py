@@ -287,3 +287,29 @@ class RankingModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch"},
         }
+
+
+def run_test_loop(
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    trainer: L.Trainer | None = None,
+    accelerator: str = "cpu",
+) -> dict[str, float]:
+    """Run Lightning's test loop and merge the per-dataloader dicts into one ``{key: value}``.
+
+    Without a ``trainer``, a bare single-device one is built (no logger, checkpoints, progress
+    bar): what re-evaluation and ensemble members need.
+    """
+    if trainer is None:
+        trainer = L.Trainer(
+            accelerator=accelerator,
+            devices=1,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+        )
+    merged: dict[str, float] = {}
+    for part in trainer.test(module, datamodule=datamodule, verbose=False):
+        merged.update({k: float(v) for k, v in part.items()})
+    return merged
