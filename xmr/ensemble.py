@@ -3,7 +3,7 @@
 The members of a sweep (seeds, and losses) share one architecture, so their parameters stack
 along a leading ensemble dimension ``E`` and one batched forward/backward trains them all:
 every linear layer is one ``torch.baddbmm`` over ``E``, attention folds ``E`` into the batch of
-``scaled_dot_product_attention``, LayerNorm runs without affine and applies each member's own
+:func:`xmr.models.encoder.attention`, LayerNorm runs without affine and applies each member's own
 scale and shift. Since Adam (and AdamW) update each parameter element by element, one optimizer
 over the stacked parameters holds exactly each member's own state.
 
@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xmr.models.encoder import attention, dropout
 from xmr.models.ranker import ContextAwareRanker
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ class EnsembleRanker(nn.Module):
         return y * self.p(f"{name}.weight").unsqueeze(1) + self.p(f"{name}.bias").unsqueeze(1)
 
     def _dropout(self, x: Tensor, p: float) -> Tensor:
-        return F.dropout(x, p, self.training) if p > 0 else x
+        return dropout(x, p, self.training)
 
     # -- forward -------------------------------------------------------------------------------
     def forward_split(self, q: Tensor, c: Tensor, mask: Tensor) -> Tensor:
@@ -202,13 +203,11 @@ class EnsembleRanker(nn.Module):
             heads = spec["heads"]
             qkv = self._linear(y, f"{pre}.self_attn.in_proj")  # (E, N, 3H)
             qkv = qkv.view(E * B, Lc, 3, heads, H // heads).permute(2, 0, 3, 1, 4)
-            a = F.scaled_dot_product_attention(
-                qkv[0],
-                qkv[1],
-                qkv[2],
-                attn_mask=attn_mask,
-                dropout_p=spec["attn_dropout"] if self.training else 0.0,
-            )  # (E*B, heads, L, H/heads)
+            a, scale = attention(
+                qkv[0], qkv[1], qkv[2], attn_mask, spec["attn_dropout"], self.training
+            )  # (E*B, heads, L, H/heads), before the dropout scale
+            if scale != 1.0:
+                a = a * scale
             a = a.transpose(1, 2).reshape(E, N, H)
             return self._dropout(self._linear(a, f"{pre}.self_attn.out_proj"), spec["dropout"])
 

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from xmr.models.encoder import encode
+
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 #: Per-pair interaction features of query q and candidate c (each needs one joint space).
 INTERACTIONS: tuple[str, ...] = ("cosine", "product", "absdiff")
@@ -138,7 +140,7 @@ class ContextAwareRanker(nn.Module):
             h = h + self.input_x(interaction_features(q, c, self.interaction))  # (B, L, H0)
         h = self.input_rest(h)  # (B, L, H)
         if self.encoder is not None:
-            h = self.encoder(h, src_key_padding_mask=~mask)  # (B, L, H)
+            h = encode(self.encoder, h, mask)  # (B, L, H): = self.encoder(h, ~mask), faster
         scores = self.scorer(h).squeeze(-1)  # (B, L)
         return scores.masked_fill(~mask, 0.0)
 

@@ -1,0 +1,155 @@
+"""A fast functional forward of ``nn.TransformerEncoder`` for the ranker's short lists, and a
+cheap dropout.
+
+At the paper's shape (32 lists × 51 items, width 64, 4 heads of 16) a training step is dominated
+not by matrix products but by what surrounds them. Measured on the 2-core CPU, 1 thread
+(``benchmarks/RESULTS.md``): ``F.dropout`` drew its Bernoulli masks at ~1 µs per 1,000 elements,
+half of the whole step; ``nn.MultiheadAttention`` moves ``batch_first`` inputs to sequence-first
+and back, several copies per layer. This module runs the same computation with the same
+parameters (the modules stay ``nn.TransformerEncoderLayer``, so state dicts and checkpoints are
+unchanged):
+
+* :func:`encoder_layer` — one ``nn.TransformerEncoderLayer`` (``batch_first=True``, pre- or
+  post-norm, ReLU or GELU) from its parameters: fused QKV projection, attention by
+  ``scaled_dot_product_attention`` (or by two batched products when attention dropout is on, on
+  the CPU), dropout by :func:`dropout`. In eval mode it equals the module's output up to float
+  rounding (``tests/test_encoder.py``).
+* :func:`dropout` — inverted dropout whose keep mask comes from 16 random bits per element
+  (four per 64-bit draw of the generator) instead of one Bernoulli draw each: keep probability
+  ``1 - p'`` with ``p' = round(p · 65536) / 65536`` (``|p' - p| ≤ 7.7e-6``), output scaled by
+  ``1 / (1 - p')`` so the expectation is the input. Draws come from the default generator of the
+  tensor's device, so ``seed_everything`` makes runs repeatable as before (the masks differ from
+  ``F.dropout``'s).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["keep_mask", "masked", "dropout", "attention", "encoder_layer", "encode"]
+
+_BITS = 16
+_LEVELS = 1 << _BITS  # 65,536
+
+
+def keep_mask(
+    shape: torch.Size | tuple[int, ...], p: float, device: torch.device | None = None
+) -> tuple[Tensor, float]:
+    """A random float32 keep mask ``(shape)`` — 1 with probability ``1 - p'``, else 0 — and the
+    inverse keep probability ``1 / (1 - p')``; ``p' = round(p · 65536) / 65536``."""
+    n = math.prod(shape)
+    # randint over the whole int64 range: 64 random bits per draw = four int16 lanes.
+    words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=device)
+    lanes = words.view(torch.int16)[:n].view(shape)  # uniform over [-32768, 32767]
+    drop = round(p * _LEVELS)  # lanes below t = drop - 32768 are dropped
+    # Float arithmetic instead of a bool compare + cast (2-5x slower on the CPU): lanes are
+    # integers (exact in float32), so lanes - (t - 1) is >= 1 when kept and <= 0 when dropped.
+    m = lanes.to(torch.float32).sub_(drop - _LEVELS // 2 - 1).clamp_(0.0, 1.0)
+    return m, _LEVELS / (_LEVELS - drop)
+
+
+def _use_fast(x: Tensor) -> bool:
+    # GPUs draw Bernoulli masks fast; torch.func transforms (vmap) need F.dropout's rules.
+    return x.device.type == "cpu" and not torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
+def masked(x: Tensor, p: float, training: bool) -> tuple[Tensor, float]:
+    """Dropout without its scale: ``(x ⊙ m, 1 / (1 - p'))``, for callers that fold the scale into
+    a following linear map or sum; ``(x, 1.0)`` when not ``training`` or ``p == 0``."""
+    if not training or p <= 0.0:
+        return x, 1.0
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability {p} not in [0, 1)")
+    if not _use_fast(x):
+        return F.dropout(x, p, True), 1.0
+    m, scale = keep_mask(x.shape, p, x.device)
+    return x * m.to(x.dtype), scale
+
+
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Inverted dropout with 16-bit keep masks (see the module docstring); identity when not
+    ``training`` or ``p == 0``; ``F.dropout`` off the CPU and under ``torch.func`` transforms."""
+    y, scale = masked(x, p, training)
+    return y if scale == 1.0 else y.mul_(scale)
+
+
+def attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p: float, training: bool
+) -> tuple[Tensor, float]:
+    """Multi-head attention ``softmax(q kᵀ / √d + mask) v`` of ``q, k, v (N, heads, L, d)`` with
+    key mask ``(N, 1, 1, L)`` (bool, True = attend) and dropout ``p`` on the weights.
+
+    Returns the output ``(N, heads, L, d)`` *without* the dropout scale, and that scale (see
+    :func:`masked`). ``scaled_dot_product_attention`` where it is the fast path (no dropout, or
+    a GPU); on the CPU with dropout its math path draws Bernoulli masks, so the weights are
+    formed explicitly and masked by :func:`masked`."""
+    p = p if training else 0.0
+    if p == 0.0 or not _use_fast(q):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p), 1.0
+    bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, -math.inf)
+    w = torch.baddbmm(
+        bias.expand(*q.shape[:2], 1, k.shape[-2]).flatten(0, 1),
+        q.flatten(0, 1),
+        k.flatten(0, 1).transpose(1, 2),
+        alpha=q.shape[-1] ** -0.5,
+    )  # (N*heads, L, L)
+    w, scale = masked(w.softmax(-1), p, True)
+    return torch.bmm(w, v.flatten(0, 1)).view(q.shape), scale
+
+
+def encoder_layer(layer: nn.TransformerEncoderLayer, x: Tensor, mask: Tensor) -> Tensor:
+    """``layer(x, src_key_padding_mask=~mask)`` for a ``batch_first`` layer, from its parameters.
+
+    Dropout scales are folded into the next linear map's weight or into the residual sum, so
+    each mask costs one multiplication.
+
+    Args:
+        layer: the module (its parameters, norm placement, activation and dropout rates).
+        x: ``(B, L, H)`` items.
+        mask: ``(B, 1, 1, L)`` bool, True = real item (attend to it).
+    """
+    attn = layer.self_attn
+    B, L, H = x.shape
+    heads = attn.num_heads
+    training = layer.training
+    p = layer.dropout.p
+
+    def sa_block(y: Tensor) -> tuple[Tensor, float]:
+        qkv = F.linear(y, attn.in_proj_weight, attn.in_proj_bias)  # (B, L, 3H)
+        q, k, v = qkv.view(B, L, 3, heads, H // heads).permute(2, 0, 3, 1, 4)  # (B, h, L, d)
+        a, s = attention(q, k, v, mask, attn.dropout, training)  # (B, h, L, d)
+        w = attn.out_proj.weight if s == 1.0 else attn.out_proj.weight * s
+        a = F.linear(a.transpose(1, 2).reshape(B, L, H), w, attn.out_proj.bias)
+        return masked(a, p, training)
+
+    def ff_block(y: Tensor) -> tuple[Tensor, float]:
+        y, s = masked(
+            layer.activation(F.linear(y, layer.linear1.weight, layer.linear1.bias)), p, training
+        )
+        w = layer.linear2.weight if s == 1.0 else layer.linear2.weight * s
+        return masked(F.linear(y, w, layer.linear2.bias), p, training)
+
+    def residual(x: Tensor, branch: tuple[Tensor, float]) -> Tensor:
+        return torch.add(x, branch[0], alpha=branch[1])
+
+    n1, n2 = layer.norm1, layer.norm2
+    if layer.norm_first:
+        x = residual(x, sa_block(F.layer_norm(x, (H,), n1.weight, n1.bias, n1.eps)))
+        return residual(x, ff_block(F.layer_norm(x, (H,), n2.weight, n2.bias, n2.eps)))
+    x = F.layer_norm(residual(x, sa_block(x)), (H,), n1.weight, n1.bias, n1.eps)
+    return F.layer_norm(residual(x, ff_block(x)), (H,), n2.weight, n2.bias, n2.eps)
+
+
+def encode(encoder: nn.TransformerEncoder, x: Tensor, mask: Tensor) -> Tensor:
+    """``encoder(x, src_key_padding_mask=~mask)`` by :func:`encoder_layer`; ``x (B, L, H)``,
+    ``mask (B, L)`` bool, True = real item."""
+    attn_mask = mask.view(mask.shape[0], 1, 1, mask.shape[1])
+    for layer in encoder.layers:
+        x = encoder_layer(layer, x, attn_mask)
+    if encoder.norm is not None:
+        x = encoder.norm(x)
+    return x
