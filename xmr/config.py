@@ -78,6 +78,8 @@ def validate_config(cfg: DictConfig) -> None:
     threads = cfg.get("threads")
     if threads is not None:
         _positive_int(cfg, "threads", threads)
+    if not isinstance(cfg.get("flush_denormal", True), bool):
+        raise ConfigError(f"flush_denormal={cfg.get('flush_denormal')!r}: must be true or false")
     _positive_int(cfg, "trainer.max_epochs", cfg.trainer.get("max_epochs", 1))
     lr = cfg.get("optimizer", {}).get("lr", 1e-3) if cfg.get("optimizer") else 1e-3
     if not isinstance(lr, (int, float)) or lr <= 0:

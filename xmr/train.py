@@ -28,7 +28,6 @@ Reliability (tests/test_resume.py, tests/test_determinism.py):
 from __future__ import annotations
 
 import logging
-import os
 import random
 import sys
 import traceback
@@ -60,6 +59,7 @@ from xmr.paths import CONF_DIR
 from xmr.results import finished_results, method_name, write_predictions, write_results
 from xmr.utils.instantiate import ConfigError, instantiate
 from xmr.utils.io import atomic_write, atomic_write_json, atomic_write_text, remove_if_exists
+from xmr.utils.runtime import torch_runtime
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +333,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     of ``results.json`` and re-raises; a successful run removes a stale ``failed.json``.
     """
     try:
-        return _train(cfg)
+        with torch_runtime(cfg):
+            return _train(cfg)
     except Exception as exc:
         write_failure(output_dir_of(cfg), cfg, exc)
         raise
@@ -349,7 +350,6 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(_plain_config(cfg)))
     L.seed_everything(int(cfg.seed), workers=True)
-    torch.set_num_threads(int(cfg.get("threads") or os.cpu_count() or 1))
 
     dm: XMRDataModule = instantiate(cfg.data, where="data")
     dm.prepare_data()

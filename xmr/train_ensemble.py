@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -40,6 +39,7 @@ from xmr.results import write_predictions, write_results
 from xmr.train import build_module, output_dir_of
 from xmr.utils.instantiate import ConfigError, instantiate
 from xmr.utils.io import atomic_write, atomic_write_json, atomic_write_text
+from xmr.utils.runtime import torch_runtime
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +220,11 @@ def train_ensemble(cfg: DictConfig) -> list[dict[str, Any]]:
     Members whose run directory already holds a complete ``results.json`` for the same config
     are skipped (:func:`xmr.results.finished_results`), as sweeps do.
     """
+    with torch_runtime(cfg):
+        return _train_ensemble(cfg)
+
+
+def _train_ensemble(cfg: DictConfig) -> list[dict[str, Any]]:
     _check_supported(cfg)
     members = member_configs(cfg)
     try:
@@ -236,7 +241,6 @@ def train_ensemble(cfg: DictConfig) -> list[dict[str, Any]]:
     if not todo:
         log.info("ensemble: all %d members finished already", len(members))
         return [done[i] for i in range(len(members))]
-    torch.set_num_threads(int(cfg.get("threads") or os.cpu_count() or 1))
     names = [members[i][0] for i in todo]
     seeds = [members[i][1] for i in todo]
     cfgs = [members[i][2] for i in todo]
