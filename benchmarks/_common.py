@@ -7,8 +7,15 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
+
+from xmr.utils.instantiate import instantiate
+from xmr.utils.runtime import torch_runtime
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def machine() -> dict[str, object]:
@@ -59,3 +66,16 @@ def header(title: str) -> None:
     info = machine()
     print(f"\n== {title} ==")
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+
+
+def make_optimizer(params) -> torch.optim.Optimizer:
+    """The optimizer ``xmr train`` builds by default (``conf/optimizer/adam.yaml``: Adam, lr 1e-3,
+    fused)."""
+    return instantiate(OmegaConf.load(CONF / "optimizer" / "adam.yaml"), where="optimizer")(params)
+
+
+def runtime(threads: int | None, flush_denormal: bool = True):
+    """The process settings of a training run (``xmr.utils.runtime.torch_runtime``), as a
+    context manager: ``threads`` (None = all cores) and denormal flushing (default on, as
+    ``conf/train.yaml``)."""
+    return torch_runtime(OmegaConf.create({"threads": threads, "flush_denormal": flush_denormal}))

@@ -5,8 +5,10 @@ and the vectorised ensemble's speed-up over sequential runs.
 
 Paper shape: batch 32 lists x 51 candidates, 512-d query + 512-d candidate, Context-Aware Ranker
 FC 64, 2 layers, 4 heads, feed-forward 128 (dropout 0.1 as configured). Inputs are random unit
-vectors with one positive per list (the step's cost does not depend on the values). Prints
-figures; asserts nothing about time.
+vectors with one positive per list, 16 different batches in turn (one repeated batch would be
+memorised within a few steps, its gradients would underflow, and it would sit in cache). The
+optimizer and process settings are those of `xmr train` (conf/optimizer/adam.yaml: fused Adam;
+conf/train.yaml: denormals flushed). Prints figures; asserts nothing about time.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, matmul_gflops, timeit  # noqa: E402
+from _common import header, make_optimizer, matmul_gflops, runtime, timeit  # noqa: E402
 
 from xmr.ensemble import EnsembleRanker, ensemble_losses  # noqa: E402
 from xmr.models.ranker import ContextAwareRanker  # noqa: E402
@@ -29,6 +31,7 @@ from xmr.utils.instantiate import instantiate  # noqa: E402
 CONF = Path(__file__).resolve().parents[1] / "conf"
 LOSSES = ("lambdarank", "neural_ndcg", "listnet", "ranknet")
 B, L, D = 32, 51, 512
+POOL = 16  # distinct batches the timed steps cycle through
 
 
 def make_loss(name: str) -> torch.nn.Module:
@@ -45,16 +48,20 @@ def batch(e: int | None = None, seed: int = 0) -> tuple[torch.Tensor, ...]:
     return q, c, torch.ones(*lead, B, L, dtype=torch.bool), y
 
 
-def net() -> ContextAwareRanker:
-    return ContextAwareRanker(D, D, fc_sizes=[64], num_layers=2, num_heads=4, ff_dim=128)
+def net(dropout: float = 0.1) -> ContextAwareRanker:
+    return ContextAwareRanker(
+        D, D, fc_sizes=[64], num_layers=2, num_heads=4, ff_dim=128, dropout=dropout
+    )
 
 
-def single_step(loss_name: str):
-    model, loss = net(), make_loss(loss_name)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    q, c, mask, y = batch()
+def single_step(loss_name: str, dropout: float = 0.1):
+    model, loss = net(dropout), make_loss(loss_name)
+    opt = make_optimizer(model.parameters())
+    pool = [batch(seed=i) for i in range(POOL)]
+    turn = iter(range(10**9))
 
     def step() -> None:
+        q, c, mask, y = pool[next(turn) % POOL]
         opt.zero_grad(set_to_none=True)
         loss(model.forward_split(q, c, mask), y, mask).backward()
         opt.step()
@@ -76,12 +83,14 @@ def ensemble_step(members: int, losses: tuple[str, ...]):
         torch.manual_seed(s)
         nets.append(net())
     ens = EnsembleRanker(nets)
-    opt = torch.optim.Adam(ens.parameters(), lr=1e-3)
+    opt = make_optimizer(ens.parameters())
     per = members // len(losses)
     groups = [(make_loss(n), list(range(i * per, (i + 1) * per))) for i, n in enumerate(losses)]
-    q, c, mask, y = batch(members)
+    pool = [batch(members, seed=i) for i in range(4)]  # E x the memory of one batch each
+    turn = iter(range(10**9))
 
     def step() -> None:
+        q, c, mask, y = pool[next(turn) % len(pool)]
         opt.zero_grad(set_to_none=True)
         ensemble_losses(ens.forward_split(q, c, mask), y, mask, groups).sum().backward()
         opt.step()
@@ -94,11 +103,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     ap.add_argument("--members", type=int, default=20, help="ensemble size (multiple of 4)")
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
+    ap.add_argument(
+        "--keep-denormals", action="store_true", help="IEEE denormals (flush_denormal=false)"
+    )
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    reps = 3 if args.quick else 5
+    with runtime(args.threads, flush_denormal=not args.keep_denormals):
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> dict[str, float]:
+    reps = 5 if args.quick else 9
     header(f"training step at the paper's shape (B={B}, L={L}, {D}+{D}-d, FC 64, 2x4 heads)")
+    opt = make_optimizer([torch.zeros(1, requires_grad=True)])
+    fused = opt.defaults.get("fused")
+    print(f"denormals flushed: {not args.keep_denormals}; {type(opt).__name__}, fused={fused}")
     peak = matmul_gflops()
     print(f"fp32 matmul 1024^3: {peak:.1f} GFLOP/s")
     out: dict[str, float] = {"matmul_gflops": peak}
@@ -113,6 +131,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             f"{name:>12s}: {sec * 1e3:7.1f} ms/step  {B / sec:7.0f} lists/s  "
             f"{fl / 1e9:.3f} GFLOP/step (fwd+bwd)  {rate:5.1f} GFLOP/s = {rate / peak:5.1%} of matmul"
         )
+    sec = timeit(single_step("listnet", dropout=0.0), repeats=reps, number=5)
+    fl = flops_per_step("listnet")
+    print(
+        f"{'listnet, dropout 0':>12s}: {sec * 1e3:7.1f} ms/step  {B / sec:7.0f} lists/s  "
+        f"{fl / 1e9 / sec / peak:5.1%} of matmul (what dropout costs; not the paper's setting)"
+    )
+    out["listnet_no_dropout/lists_per_s"] = B / sec
     e = args.members
     sec = timeit(ensemble_step(e, LOSSES), repeats=reps, number=2, warmup=1)
     seq_mean = sum(seq) / len(seq)

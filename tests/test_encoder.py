@@ -125,28 +125,78 @@ def test_dropout_is_repeatable_under_a_seed() -> None:
     assert not torch.equal(b, c)
 
 
-def test_attention_explicit_path_equals_sdpa() -> None:
-    # p tiny enough that no weight is dropped (p' = 0): the explicit CPU path must equal SDPA.
-    torch.manual_seed(7)
-    q, k, v = (torch.randn(5, 4, 9, 8, requires_grad=True) for _ in range(3))
+def _qkv(n: int, length: int, heads: int, d: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, length, 3 * heads * d, generator=g).requires_grad_()
+
+
+def _reference_attention(qkv: torch.Tensor, heads: int, mask: torch.Tensor | None, keep=None):
+    """Plain multi-head attention; ``keep (B, heads, L, L)`` multiplies the weights."""
+    n, length, h3 = qkv.shape
+    d = h3 // (3 * heads)
+    q, k, v = qkv.view(n, length, 3, heads, d).permute(2, 0, 3, 1, 4)
+    s = q @ k.transpose(-1, -2) / d**0.5
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    w = s.softmax(-1)
+    if keep is not None:
+        w = w * keep
+    return (w @ v).transpose(1, 2).reshape(n, length, heads * d)
+
+
+@pytest.mark.parametrize("padded", [True, False])
+@pytest.mark.parametrize("block", [32, 2])
+def test_attention_head_path_equals_reference_in_value_and_gradient(
+    padded: bool, block: int, monkeypatch
+) -> None:
+    # p tiny enough that no weight is dropped (p' = 0): the CPU head-by-head path with its
+    # hand-written backward must equal plain attention (block 2: 5 lists in 3 blocks per head).
+    monkeypatch.setattr("xmr.models.encoder.ATTENTION_BLOCK", block)
     _, mask = _inputs()
-    amask = mask.view(5, 1, 1, 9)
-    got, scale = attention(q, k, v, amask, 1e-9, True)
-    want, _ = attention(q, k, v, amask, 0.0, True)
+    amask = mask.view(5, 1, 1, 9) if padded else None
+    qkv = _qkv(5, 9, 4, 8, seed=7)
+    got, scale = attention(qkv, 4, amask, 1e-9, True)
     assert scale == 1.0
+    g = torch.randn(got.shape)
+    (dgot,) = torch.autograd.grad((got * g).sum(), qkv)
+    want = _reference_attention(qkv, 4, amask)
+    (dwant,) = torch.autograd.grad((want * g).sum(), qkv)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dgot, dwant, atol=1e-5, rtol=1e-5)
+    sdpa, _ = attention(qkv, 4, amask, 0.0, True)  # the SDPA path agrees too
+    torch.testing.assert_close(sdpa, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("block", [32, 2])
+def test_attention_dropout_gradient_follows_its_mask(block: int, monkeypatch) -> None:
+    # With dropout on, rebuild the keep mask from the generator state and compare value and
+    # gradient with plain attention times that mask.
+    from xmr.models.encoder import keep_mask
+
+    monkeypatch.setattr("xmr.models.encoder.ATTENTION_BLOCK", block)
+    qkv = _qkv(3, 7, 2, 4, seed=8)
+    torch.manual_seed(123)
+    got, scale = attention(qkv, 2, None, 0.3, True)
+    torch.manual_seed(123)
+    keep, want_scale = keep_mask((2, 3, 7, 7), 0.3)  # drawn in the same order: head, list
+    assert scale == want_scale
+    g = torch.randn(got.shape)
+    (dgot,) = torch.autograd.grad((got * g).sum(), qkv)
+    want = _reference_attention(qkv, 2, None, keep.transpose(0, 1))
+    (dwant,) = torch.autograd.grad((want * g).sum(), qkv)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dgot, dwant, atol=1e-5, rtol=1e-5)
 
 
 def test_attention_dropout_zeroes_weights_at_the_rate() -> None:
-    # v = identity rows: the output row is the (masked, unscaled) weight row itself.
+    # v = identity rows: each output row is the (masked, unscaled) weight row itself.
     torch.manual_seed(8)
     n, length = 64, 16
-    q = torch.randn(n, 1, length, length)
-    k = torch.randn(n, 1, length, length)
-    v = torch.eye(length).expand(n, 1, length, length)
-    amask = torch.ones(n, 1, 1, length, dtype=torch.bool)
-    out, scale = attention(q, k, v, amask, 0.5, True)
-    full, _ = attention(q, k, v, amask, 0.0, True)
+    qk = torch.randn(n, length, 2 * length)
+    v = torch.eye(length).expand(n, length, length)
+    qkv = torch.cat([qk, v], dim=-1)  # one head of width 16
+    out, scale = attention(qkv, 1, None, 0.5, True)
+    full, _ = attention(qkv, 1, None, 0.0, True)
     zero = out == 0
     assert scale == pytest.approx(2.0)
     assert abs(zero.float().mean().item() - 0.5) < 0.02

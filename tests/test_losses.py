@@ -706,6 +706,31 @@ def test_sinkhorn_gradcheck() -> None:
     assert torch.autograd.gradcheck(lambda x: sinkhorn(x, row_real, mask, 4, "rows"), (k,))
 
 
+@pytest.mark.parametrize("cls", [NeuralNDCGLoss, NeuralNDCGTransposedLoss])
+def test_neural_ndcg_under_vmap_equals_a_loop(cls: type[nn.Module], monkeypatch) -> None:
+    # The vectorised ensemble vmaps each loss over its members; the Sinkhorn vmap rule folds the
+    # members into the list dimension. Values and gradients must equal one call per member.
+    import xmr.losses.neural_ndcg as mod
+
+    folded = []
+    apply = mod._Sinkhorn.apply
+    monkeypatch.setattr(mod._Sinkhorn, "apply", lambda *a: folded.append(a[0].shape) or apply(*a))
+    loss = cls(temperature=0.7, sinkhorn_iters=15)
+    batches = [random_batch(4, 7, seed=60 + g, p_pos=0.4) for g in range(3)]
+    scores = torch.stack([b[0] for b in batches]).requires_grad_()
+    labels = torch.stack([b[1] for b in batches])
+    mask = torch.stack([b[2] for b in batches])
+    values = torch.vmap(loss)(scores, labels, mask)  # (3,)
+    (grad,) = torch.autograd.grad(values.sum(), scores)
+    assert torch.Size([12, 7, 7]) in folded  # the 3 members' 4 lists went through in one call
+    for g in range(3):
+        s = scores[g].detach().clone().requires_grad_()
+        want = loss(s, labels[g], mask[g])
+        want.backward()
+        torch.testing.assert_close(values[g], want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(grad[g], s.grad, rtol=1e-9, atol=1e-12)
+
+
 def test_neural_ndcg_score_gradients_equal_the_autograd_reference(monkeypatch) -> None:
     import xmr.losses.neural_ndcg as mod
 

@@ -184,7 +184,9 @@ class EnsembleRanker(nn.Module):
         x = h.reshape(E, B * Lc, -1)  # (E, N, H0), N = B*L
         for kind, item in self.rest:
             x = self._linear(x, item) if kind == "linear" else item(x)
-        attn_mask = mask.reshape(E * B, 1, 1, Lc)  # (E*B, 1, 1, L): True = attend
+        attn_mask: Tensor | None = mask.reshape(E * B, 1, 1, Lc)  # (E*B, 1, 1, L): True = attend
+        if mask.device.type == "cpu" and bool(mask.all()):
+            attn_mask = None  # no padded item: no masking work (as xmr.models.encoder.encode)
         for spec in self.layers:
             x = self._encoder_layer(x, spec, attn_mask, B, Lc)
         if self.final_norm_eps is not None:
@@ -193,7 +195,7 @@ class EnsembleRanker(nn.Module):
         return scores.masked_fill(~mask, 0.0)
 
     def _encoder_layer(
-        self, x: Tensor, spec: Mapping[str, Any], attn_mask: Tensor, B: int, Lc: int
+        self, x: Tensor, spec: Mapping[str, Any], attn_mask: Tensor | None, B: int, Lc: int
     ) -> Tensor:
         """One ``nn.TransformerEncoderLayer`` (batch_first) for every member; ``x (E, B*L, H)``."""
         pre, eps = spec["prefix"], spec["eps"]
@@ -202,13 +204,12 @@ class EnsembleRanker(nn.Module):
             E, N, H = y.shape
             heads = spec["heads"]
             qkv = self._linear(y, f"{pre}.self_attn.in_proj")  # (E, N, 3H)
-            qkv = qkv.view(E * B, Lc, 3, heads, H // heads).permute(2, 0, 3, 1, 4)
             a, scale = attention(
-                qkv[0], qkv[1], qkv[2], attn_mask, spec["attn_dropout"], self.training
-            )  # (E*B, heads, L, H/heads), before the dropout scale
+                qkv.view(E * B, Lc, 3 * H), heads, attn_mask, spec["attn_dropout"], self.training
+            )  # (E*B, L, H), before the dropout scale
             if scale != 1.0:
                 a = a * scale
-            a = a.transpose(1, 2).reshape(E, N, H)
+            a = a.reshape(E, N, H)
             return self._dropout(self._linear(a, f"{pre}.self_attn.out_proj"), spec["dropout"])
 
         def ff_block(y: Tensor) -> Tensor:

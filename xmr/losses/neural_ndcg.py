@@ -100,7 +100,7 @@ class _Sinkhorn(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, K, row_real, col_real, iterations, last, eps):  # type: ignore[override]
+    def forward(K, row_real, col_real, iterations, last, eps):  # type: ignore[override]
         B, L, _ = K.shape
         Kt = K.transpose(1, 2).contiguous()  # K v = (vᵀ Kᵀ)ᵀ
         u0, v0 = row_real.to(K.dtype), col_real.to(K.dtype)  # (B, L)
@@ -125,13 +125,46 @@ class _Sinkhorn(torch.autograd.Function):
                     .reciprocal_()
                     .masked_fill_(col_pad, 1.0)
                 )
-        ctx.rows_first, ctx.eps, ctx.n = rows_first, eps, n
-        ctx.save_for_backward(K, Kt, u, v, u0, v0, row_real, col_real, out, pre)
-        return u[:, :, None] * K * v[:, None, :]
+        # The scaling history goes out as extra (non-differentiable) outputs: setup_context
+        # saves it, and the vmap rule below can reshape it.
+        return u[:, :, None] * K * v[:, None, :], Kt, u, v, out, pre
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        K, Kt, u, v, u0, v0, row_real, col_real, out, pre = ctx.saved_tensors
+    def setup_context(ctx, inputs, output):  # type: ignore[override]
+        K, row_real, col_real, iterations, last, eps = inputs
+        _, Kt, u, v, out, pre = output
+        ctx.mark_non_differentiable(Kt, u, v, out, pre)
+        ctx.rows_first, ctx.eps, ctx.n = last == "columns", eps, 2 * iterations
+        ctx.save_for_backward(K, Kt, u, v, row_real, col_real, out, pre)
+
+    @staticmethod
+    def vmap(info, in_dims, K, row_real, col_real, iterations, last, eps):  # type: ignore[override]
+        # Lists are independent: the vmapped dimension (the vectorised ensemble's members) folds
+        # into the list dimension, one call serves all members.
+        size = info.batch_size
+
+        def fold(x: Tensor, dim: int | None) -> Tensor:
+            x = x.movedim(dim, 0) if dim is not None else x.expand(size, *x.shape)
+            return x.reshape(-1, *x.shape[2:])
+
+        res = _Sinkhorn.apply(
+            fold(K, in_dims[0]),
+            fold(row_real, in_dims[1]),
+            fold(col_real, in_dims[2]),
+            iterations,
+            last,
+            eps,
+        )
+        out, Kt, u, v, hist_out, hist_pre = res
+        lists = out.shape[0] // size
+        first = [x.view(size, lists, *x.shape[1:]) for x in (out, Kt, u, v)]
+        hist = [x.view(x.shape[0], size, lists, *x.shape[2:]) for x in (hist_out, hist_pre)]
+        return (*first, *hist), (0, 0, 0, 0, 1, 1)
+
+    @staticmethod
+    def backward(ctx, grad, *_unused):  # type: ignore[override]
+        K, Kt, u, v, row_real, col_real, out, pre = ctx.saved_tensors
+        u0, v0 = row_real.to(K.dtype), col_real.to(K.dtype)
         n, rows_first = ctx.n, ctx.rows_first
         G = grad * K  # (B, L, L)
         dK = grad * (u[:, :, None] * v[:, None, :])
@@ -188,13 +221,17 @@ def sinkhorn(
     batched matrix-vector products, and the backward stores vectors, not ``(B, L, L)`` matrices.
     The backward is written by hand (:class:`_Sinkhorn`; equal to autograd of
     :func:`sinkhorn_reference` up to float rounding, ``tests/test_losses.py``); under
-    ``torch.func`` transforms (the vectorised ensemble's ``vmap``) the reference runs instead.
+    ``torch.vmap`` (the vectorised ensemble's per-member losses) the vmapped lists fold into
+    one call.
     """
     if last not in ("rows", "columns"):
         raise ValueError(f"sinkhorn: last must be 'rows' or 'columns', got {last!r}")
-    if torch._C._functorch.is_functorch_wrapped_tensor(matrix) or not matrix.requires_grad:
+    # Under vmap the wrapped tensor does not report requires_grad; grad mode still tells.
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor(matrix)
+    if not torch.is_grad_enabled() or not (matrix.requires_grad or wrapped):
+        # forward only (evaluation): nothing to keep for a backward
         return sinkhorn_reference(matrix, row_real, col_real, iterations, last, eps)
-    return _Sinkhorn.apply(matrix, row_real, col_real, int(iterations), last, float(eps))
+    return _Sinkhorn.apply(matrix, row_real, col_real, int(iterations), last, float(eps))[0]
 
 
 class _NeuralNDCGBase(nn.Module):

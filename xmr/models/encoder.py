@@ -11,8 +11,9 @@ unchanged):
 
 * :func:`encoder_layer` — one ``nn.TransformerEncoderLayer`` (``batch_first=True``, pre- or
   post-norm, ReLU or GELU) from its parameters: fused QKV projection, attention by
-  ``scaled_dot_product_attention`` (or by two batched products when attention dropout is on, on
-  the CPU), dropout by :func:`dropout`. In eval mode it equals the module's output up to float
+  ``scaled_dot_product_attention`` (or, with attention dropout on the CPU, head by head from
+  strided views of the projection, :func:`attention`), dropout by :func:`masked` with the
+  scales folded into the next linear map. In eval mode it equals the module's output up to float
   rounding (``tests/test_encoder.py``).
 * :func:`dropout` — inverted dropout whose keep mask comes from 16 random bits per element
   (four per 64-bit draw of the generator) instead of one Bernoulli draw each: keep probability
@@ -77,31 +78,113 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     return y if scale == 1.0 else y.mul_(scale)
 
 
+#: Lists per block of :class:`_HeadAttention`: a block's weights, 32 · 51 · 51 floats = 333 kB,
+#: stay in cache through scores, softmax, mask and product (the vectorised ensemble has E times
+#: the lists: unblocked, its weights streamed through memory at ~3x the time per list).
+ATTENTION_BLOCK = 32
+
+
+def _blocks(heads: int, n: int) -> list[tuple[int, slice]]:
+    return [
+        (j, slice(s, s + ATTENTION_BLOCK))
+        for j in range(heads)
+        for s in range(0, n, ATTENTION_BLOCK)
+    ]
+
+
+class _HeadAttention(torch.autograd.Function):
+    """Attention with dropout on the weights, straight from the fused projection ``qkv``, one
+    head at a time.
+
+    Each head's ``q, k, v`` are strided views of ``qkv (B, L, 3, heads, d)`` that batched matrix
+    products read in place, and each head's output is written into its columns of the
+    ``(B, L, H)`` result, so no head split/merge copies are made in either direction (with
+    ``nn.MultiheadAttention``'s layout those copies, and the stacking of the q/k/v gradients,
+    cost more than the attention products). Per head the weights ``(B, L, L)`` — 333 kB at the
+    paper's shape — go through scores, softmax, mask and product while in cache, in blocks of
+    :data:`ATTENTION_BLOCK` lists; each block's softmax output and keep mask (as
+    :func:`keep_mask`) are stored for the backward.
+
+    ``qkv (B, L, 3H)`` contiguous, ``bias (B, 1, L)`` additive key mask (0 or -inf) or None when
+    no key is padded; returns the output ``(B, L, H)`` without the dropout scale, and the scale.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv, heads, bias, p):  # type: ignore[override]
+        B, L, H3 = qkv.shape
+        d = H3 // (3 * heads)
+        alpha = d**-0.5
+        parts = qkv.view(B, L, 3, heads, d)
+        drop = round(p * _LEVELS)
+        n = heads * B * L * L
+        words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)
+        lanes = words.view(torch.int16)[:n].view(heads, B, L, L)
+        out = qkv.new_empty(heads, B, L, d)  # head-major: contiguous per head
+        saved: list[Tensor] = []
+        for j, b in _blocks(heads, B):
+            q, k, v = parts[b, :, 0, j], parts[b, :, 1, j], parts[b, :, 2, j]  # (b, L, d) views
+            if bias is None:
+                w = torch.baddbmm(out.new_empty(()), q, k.transpose(1, 2), beta=0.0, alpha=alpha)
+            else:
+                w = torch.baddbmm(bias[b], q, k.transpose(1, 2), alpha=alpha)
+            w = torch.softmax(w, -1)  # (b, L, L)
+            m = lanes[j, b].to(qkv.dtype).sub_(drop - _LEVELS // 2 - 1).clamp_(0, 1)  # keep mask
+            torch.bmm(w * m, v, out=out[j, b])
+            saved += [w, m]
+        ctx.heads, ctx.alpha = heads, alpha
+        ctx.save_for_backward(qkv, *saved)
+        out = out.permute(1, 2, 0, 3).reshape(B, L, heads * d)  # one copy, heads concatenated
+        return out, _LEVELS / (_LEVELS - drop)
+
+    @staticmethod
+    def backward(ctx, grad, _grad_scale):  # type: ignore[override]
+        qkv, *saved = ctx.saved_tensors
+        heads, alpha = ctx.heads, ctx.alpha
+        B, L, H3 = qkv.shape
+        d = H3 // (3 * heads)
+        parts = qkv.view(B, L, 3, heads, d)
+        g = grad.reshape(B, L, heads, d)
+        dqkv = qkv.new_empty(3, heads, B, L, d)  # head-major, laid out as qkv at the end
+        for i, (j, b) in enumerate(_blocks(heads, B)):
+            w, m = saved[2 * i], saved[2 * i + 1]
+            q, k, v, gj = parts[b, :, 0, j], parts[b, :, 1, j], parts[b, :, 2, j], g[b, :, j]
+            torch.bmm((w * m).transpose(1, 2), gj, out=dqkv[2, j, b])
+            dw = torch.bmm(gj, v.transpose(1, 2)).mul_(m)  # through the mask
+            ds = torch._softmax_backward_data(dw, w, -1, w.dtype)
+            torch.bmm(ds, k, out=dqkv[0, j, b]).mul_(alpha)
+            torch.bmm(ds.transpose(1, 2), q, out=dqkv[1, j, b]).mul_(alpha)
+        return dqkv.permute(2, 3, 0, 1, 4).reshape(B, L, H3), None, None, None
+
+
 def attention(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor, p: float, training: bool
+    qkv: Tensor, heads: int, mask: Tensor | None, p: float, training: bool
 ) -> tuple[Tensor, float]:
-    """Multi-head attention ``softmax(q kᵀ / √d + mask) v`` of ``q, k, v (N, heads, L, d)`` with
-    key mask ``(N, 1, 1, L)`` (bool, True = attend) and dropout ``p`` on the weights.
+    """Multi-head attention ``softmax(q kᵀ / √d + mask) v`` from the fused projection
+    ``qkv (B, L, 3H)`` (``[q | k | v]``, each ``heads`` × ``d``, as ``nn.MultiheadAttention``'s
+    ``in_proj``) with key mask ``(B, 1, 1, L)`` (bool, True = attend; None = attend to all) and
+    dropout ``p`` on the weights.
 
-    Returns the output ``(N, heads, L, d)`` *without* the dropout scale, and that scale (see
-    :func:`masked`). ``scaled_dot_product_attention`` where it is the fast path (no dropout, or
-    a GPU); on the CPU with dropout its math path draws Bernoulli masks, so the weights are
-    formed explicitly and masked by :func:`masked`."""
+    Returns the output ``(B, L, H)`` (heads concatenated) *without* the dropout scale, and that
+    scale (see :func:`masked`). ``scaled_dot_product_attention`` where it is the fast path (no
+    dropout, or a GPU); on the CPU with dropout its math path draws Bernoulli masks, so
+    :class:`_HeadAttention` forms, masks and applies the weights head by head."""
+    B, L, H3 = qkv.shape
+    H = H3 // 3
     p = p if training else 0.0
-    if p == 0.0 or not _use_fast(q):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p), 1.0
-    bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, -math.inf)
-    w = torch.baddbmm(
-        bias.expand(*q.shape[:2], 1, k.shape[-2]).flatten(0, 1),
-        q.flatten(0, 1),
-        k.flatten(0, 1).transpose(1, 2),
-        alpha=q.shape[-1] ** -0.5,
-    )  # (N*heads, L, L)
-    w, scale = masked(w.softmax(-1), p, True)
-    return torch.bmm(w, v.flatten(0, 1)).view(q.shape), scale
+    if p == 0.0 or not _use_fast(qkv):
+        q, k, v = qkv.view(B, L, 3, heads, H // heads).permute(2, 0, 3, 1, 4)  # (B, h, L, d)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        return a.transpose(1, 2).reshape(B, L, H), 1.0
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability {p} not in [0, 1)")
+    bias = None
+    if mask is not None:
+        bias = torch.zeros(mask.shape, dtype=qkv.dtype, device=qkv.device)
+        bias = bias.masked_fill_(~mask, -math.inf).view(B, 1, L)
+    return _HeadAttention.apply(qkv.contiguous(), heads, bias, p)
 
 
-def encoder_layer(layer: nn.TransformerEncoderLayer, x: Tensor, mask: Tensor) -> Tensor:
+def encoder_layer(layer: nn.TransformerEncoderLayer, x: Tensor, mask: Tensor | None) -> Tensor:
     """``layer(x, src_key_padding_mask=~mask)`` for a ``batch_first`` layer, from its parameters.
 
     Dropout scales are folded into the next linear map's weight or into the residual sum, so
@@ -110,7 +193,7 @@ def encoder_layer(layer: nn.TransformerEncoderLayer, x: Tensor, mask: Tensor) ->
     Args:
         layer: the module (its parameters, norm placement, activation and dropout rates).
         x: ``(B, L, H)`` items.
-        mask: ``(B, 1, 1, L)`` bool, True = real item (attend to it).
+        mask: ``(B, 1, 1, L)`` bool, True = real item (attend to it); None = no padding.
     """
     attn = layer.self_attn
     B, L, H = x.shape
@@ -120,10 +203,9 @@ def encoder_layer(layer: nn.TransformerEncoderLayer, x: Tensor, mask: Tensor) ->
 
     def sa_block(y: Tensor) -> tuple[Tensor, float]:
         qkv = F.linear(y, attn.in_proj_weight, attn.in_proj_bias)  # (B, L, 3H)
-        q, k, v = qkv.view(B, L, 3, heads, H // heads).permute(2, 0, 3, 1, 4)  # (B, h, L, d)
-        a, s = attention(q, k, v, mask, attn.dropout, training)  # (B, h, L, d)
+        a, s = attention(qkv, heads, mask, attn.dropout, training)  # (B, L, H)
         w = attn.out_proj.weight if s == 1.0 else attn.out_proj.weight * s
-        a = F.linear(a.transpose(1, 2).reshape(B, L, H), w, attn.out_proj.bias)
+        a = F.linear(a, w, attn.out_proj.bias)
         return masked(a, p, training)
 
     def ff_block(y: Tensor) -> tuple[Tensor, float]:
@@ -147,7 +229,9 @@ def encoder_layer(layer: nn.TransformerEncoderLayer, x: Tensor, mask: Tensor) ->
 def encode(encoder: nn.TransformerEncoder, x: Tensor, mask: Tensor) -> Tensor:
     """``encoder(x, src_key_padding_mask=~mask)`` by :func:`encoder_layer`; ``x (B, L, H)``,
     ``mask (B, L)`` bool, True = real item."""
-    attn_mask = mask.view(mask.shape[0], 1, 1, mask.shape[1])
+    attn_mask: Tensor | None = mask.view(mask.shape[0], 1, 1, mask.shape[1])
+    if mask.device.type == "cpu" and bool(mask.all()):
+        attn_mask = None  # no padded item (the usual 51-candidate lists): no masking work
     for layer in encoder.layers:
         x = encoder_layer(layer, x, attn_mask)
     if encoder.norm is not None:
