@@ -22,7 +22,7 @@ import lightning as L
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header  # noqa: E402
+from _common import header, make_optimizer, runtime  # noqa: E402
 
 from xmr.data.datamodule import XMRDataModule, mining_tag, prepare_store_and_lists  # noqa: E402
 from xmr.data.lists import mine_lists  # noqa: E402
@@ -61,14 +61,14 @@ def datamodule(max_lists: int | None) -> XMRDataModule:
 def module(dm: XMRDataModule) -> RankingModule:
     torch.manual_seed(0)
     nets = {d: ContextAwareRanker(*dm.dims(d)) for d in dm.directions}
-    return RankingModule(nets, ListNetLoss(), lambda p: torch.optim.Adam(p, lr=1e-3))
+    return RankingModule(nets, ListNetLoss(), make_optimizer)
 
 
 def bare_epoch(dm: XMRDataModule) -> float:
     """The same model, loss, optimizer and data as the Lightning epoch, in a plain loop."""
     m = module(dm)
     m.train()
-    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    opt = make_optimizer(m.parameters())
     t0 = time.perf_counter()
     for batch, _, _ in iter(dm.train_dataloader()):
         opt.zero_grad(set_to_none=True)
@@ -114,8 +114,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--skip-rss", action="store_true")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    with runtime(args.threads):  # threads and denormal flushing as `xmr train` sets them
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> dict[str, float]:
     header("paper scale (SYNTHETIC store 29,000/1,014/1,000 images x 5 captions, 512-d fp16)")
     out: dict[str, float] = {}
 

@@ -534,6 +534,30 @@ def test_ranknet_matches_naive_loop(sigma: float) -> None:
 # ---------------------------------------- known values: LambdaLoss
 
 
+@pytest.mark.parametrize("scheme", ["lambdarank", "ndcg2", "ndcg2pp"])
+def test_lambdaloss_matches_naive_loop_with_graded_labels(scheme: str) -> None:
+    scores, labels, mask = random_batch(6, 9, seed=33, p_pos=0.4, ties=True)
+    extra = torch.rand(labels.shape, generator=torch.Generator().manual_seed(3)) < 0.4
+    labels = (labels + extra.to(labels.dtype) + (scores > 1.0).to(labels.dtype)) * mask  # 0..3
+    loss = LambdaLoss(weighting=scheme, sigma=1.3, k=5)  # type: ignore[arg-type]
+    expected = naive_lambdaloss(scores, labels, mask, scheme, 1.3, 5)
+    assert loss(scores, labels, mask).item() == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pessimistic_ranks_by_sorting_equal_the_pairwise_definition(seed: int) -> None:
+    from xmr.losses._common import pessimistic_ranks, pessimistic_ranks_reference
+
+    scores, labels, mask = random_batch(16, 3 + 5 * seed, seed=300 + seed, ties=True)
+    labels = labels + (
+        torch.rand(labels.shape, generator=torch.Generator().manual_seed(seed)) < 0.3
+    )
+    labels = labels * mask  # graded labels 0..2, 0 at padding
+    got = pessimistic_ranks(scores, labels, mask)
+    want = pessimistic_ranks_reference(scores, labels, mask)
+    assert torch.equal(got[mask], want[mask])
+
+
 def test_lambdarank_hand_computed() -> None:
     # Positive scored 0 below a negative scored 1: ranks 2 and 1, maxDCG = 1, G = (1, 0),
     # |ΔNDCG| = 1 - 1/log2(3); loss = |ΔNDCG| * log2(1 + e^1).

@@ -50,7 +50,10 @@ LOSSES = ("lambdarank", "neural_ndcg", "listnet", "ranknet")
 # Re-measured with `threads: 1` (the default since) on an idle 2-core machine: `xmr train
 # experiment=paper loss=listnet trainer.max_epochs=1` took 103 s wall in all, about 90 s of it the
 # epoch (58,000 lists, both directions) + validation; peak RSS 1.59 GB.
-SEC_PER_EPOCH = 90.0  # one epoch of one ranker job (both directions) incl. validation
+# After the fast encoder / Sinkhorn (issue 6), same machine: one-epoch jobs took 57 s (listnet)
+# and 61 s (lambdarank) wall as two parallel single-thread jobs, 66 s (neural_ndcg) alone, of
+# which ~10-15 s are start-up, test and writing results.
+SEC_PER_EPOCH = 50.0  # one epoch of one ranker job (both directions) incl. validation
 SEC_PER_JOB = 15.0  # start-up, data loading, test and writing results of one job
 SEC_PREPARE = 120.0  # generating + mining the paper-scale synthetic store (once; not re-measured)
 

@@ -12,11 +12,9 @@ from torch import Tensor, nn
 from xmr.losses._common import (
     check_cutoff,
     check_positive,
-    gains,
     has_positive,
     ideal_dcg,
     mean_over_lists,
-    pair_mask,
     pessimistic_ranks,
     prepare,
 )
@@ -77,18 +75,25 @@ class LambdaLoss(nn.Module):
         return f"weighting={self.weighting!r}, sigma={self.sigma}, k={self.k}, mu={self.mu}"
 
     def pair_weights(self, labels: Tensor, ranks: Tensor, mask: Tensor) -> Tensor:
-        """``(B, L, L)`` weights ``w_ij`` (no gradient) from labels and 1-based ranks ``(B, L)``."""
-        gain = gains(labels, mask)  # (B, L)
-        max_dcg = ideal_dcg(gain, self.k).clamp(min=1e-10)  # (B,)
+        """``(B, L, L)`` weights ``w_ij`` (no gradient) from labels and 1-based ranks ``(B, L)``,
+        0 outside the pairs of real items with ``y_i > y_j``.
+
+        Gains ``2^y - 1`` rise strictly with ``y``, so ``y_i > y_j`` exactly where
+        ``G_i - G_j > 0``: ``relu(G_i - G_j)`` on real rows and columns is ``|G_i - G_j|`` times
+        the pair mask, without forming that mask."""
+        m = mask.to(labels.dtype)  # (B, L)
+        gain = torch.pow(2.0, labels) - 1.0  # (B, L); padding masked out below
+        max_dcg = ideal_dcg(gain * m, self.k).clamp(min=1e-10)  # (B,)
         g = gain / max_dcg[:, None]  # (B, L)
-        g_diff = (g[:, :, None] - g[:, None, :]).abs()  # (B, L, L)
+        g_diff = (g[:, :, None] - g[:, None, :]).relu_()  # (B, L, L): |G_i - G_j| on pairs
+        g_diff.mul_(m[:, :, None]).mul_(m[:, None, :])
         r = ranks.to(labels.dtype)  # (B, L)
         weights = torch.zeros_like(g_diff)
         if self.weighting in ("lambdarank", "ndcg2pp"):
             disc = 1.0 / torch.log2(1.0 + r)  # (B, L)
             if self.k is not None:
                 disc = torch.where(r <= self.k, disc, torch.zeros_like(disc))
-            weights = weights + g_diff * (disc[:, :, None] - disc[:, None, :]).abs()
+            weights = g_diff * (disc[:, :, None] - disc[:, None, :]).abs_()
         if self.weighting in ("ndcg2", "ndcg2pp"):
             # |r_i - r_j| >= 1 on the pairs used; the clamp only guards the diagonal/padding.
             gap = (r[:, :, None] - r[:, None, :]).abs().clamp(min=1.0)  # (B, L, L)
@@ -103,13 +108,15 @@ class LambdaLoss(nn.Module):
     def forward(self, scores: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
         """Loss of ``scores (B, L)`` against ``labels (B, L)`` over real items ``mask (B, L)``."""
         s, y = prepare(type(self).__name__, scores, labels, mask)  # (B, L) each
-        pairs = pair_mask(y, mask)  # (B, L, L): y_i > y_j
         with torch.no_grad():
             ranks = pessimistic_ranks(s, y, mask)  # (B, L)
-            weights = self.pair_weights(y, ranks, mask)  # (B, L, L)
-        diff = s[:, :, None] - s[:, None, :]  # (B, L, L): s_i - s_j
-        pair_loss = F.softplus(-self.sigma * diff) / math.log(2.0)  # -log2 sigmoid(sigma * diff)
-        per_list = (pair_loss * weights * pairs.to(s.dtype)).sum(dim=(1, 2))  # (B,)
+            # 0 outside the pairs (i, j) of real items with y_i > y_j; sigma / ln 2 (see below).
+            weights = self.pair_weights(y, ranks, mask).mul_(self.sigma / math.log(2.0))
+        diff = s[:, None, :] - s[:, :, None]  # (B, L, L): s_j - s_i
+        # softplus(x, beta=sigma) = ln(1 + exp(sigma x)) / sigma: times sigma / ln 2 (in the
+        # weights) it is log2(1 + exp(-sigma (s_i - s_j))).
+        pair_loss = F.softplus(diff, beta=self.sigma)
+        per_list = (pair_loss * weights).sum(dim=(1, 2))  # (B,)
         return mean_over_lists(per_list, has_positive(y, mask), s)
 
 
