@@ -113,8 +113,7 @@ def pessimistic_ranks(scores: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
     by_label = torch.sort(labels.detach(), dim=-1, stable=True).indices  # ties: lower y first
     by_score = torch.sort(key.gather(1, by_label), dim=-1, stable=True).indices
     order = by_label.gather(1, by_score)  # (B, L): item at each position
-    position = torch.arange(1, s.shape[-1] + 1, device=s.device).expand_as(order)
-    return torch.empty_like(order).scatter_(1, order, position)
+    return order.argsort(dim=-1) + 1  # the inverse permutation: each item's position (vmap-safe)
 
 
 def pessimistic_ranks_reference(scores: Tensor, labels: Tensor, mask: Tensor) -> Tensor:

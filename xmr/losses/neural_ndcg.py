@@ -63,7 +63,7 @@ def sinkhorn_reference(
     eps: float = 1e-10,
 ) -> Tensor:
     """:func:`sinkhorn` written as plain tensor ops, differentiated by autograd (the reference
-    the fast path is tested against, and the path under ``torch.func`` transforms)."""
+    the fast path is tested against, and the forward-only path: no gradient, no history kept)."""
     one = matrix.new_ones(())
     u = row_real.to(matrix.dtype)  # (B, L) row scaling
     v = col_real.to(matrix.dtype)  # (B, L) column scaling

@@ -16,9 +16,11 @@ def torch_runtime(cfg: DictConfig) -> Iterator[None]:
     ``cfg.flush_denormal`` (default true).
 
     Flushing denormals (FTZ/DAZ on x86) makes float values below ~1.2e-38 exactly zero, so
-    arithmetic on them stops costing microcode assists: on the 2-core CPU a ranker training step
-    took 23.1 ms with denormals and 21.2 ms without (``benchmarks/RESULTS.md``). Nothing the
-    rankers compute is meaningful at that magnitude; ``flush_denormal: false`` keeps IEEE gradual
+    arithmetic on them stops costing microcode assists. On the 2-core CPU a ranker step on one
+    repeated (memorised) batch, whose gradients underflow, took 22.0 ms with denormals and
+    18.3 ms without; with fresh batches the difference was within noise (``benchmarks/
+    RESULTS.md``). It protects late, saturated training. Nothing the rankers compute is
+    meaningful at that magnitude; ``flush_denormal: false`` keeps IEEE gradual
     underflow. The flag is CPU state of the calling thread and also governs plain Python floats,
     so it is switched off again when the block ends (a run inside a notebook or test process
     leaves no trace).
