@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from xmr.data.datamodule import XMRDataModule, mining_tag
+from xmr.data.datamodule import XMRDataModule, mining_tag, pair_features
 from xmr.data.lists import load_lists, mine_lists
 from xmr.data.store import FeatureStore
 
@@ -47,7 +47,9 @@ def test_batches_are_store_rows_concatenated(tiny_store: Path, all_positive_list
         batch = next(iter(loader))
         n, length = batch["labels"].shape
         assert batch["direction"] == direction
-        assert batch["x"].shape == (n, length, qt.shape[1] + ct.shape[1])
+        assert "x" not in batch  # the pair array is built only by scorers that need it
+        x = pair_features(batch["q"], batch["c"])
+        assert x.shape == (n, length, qt.shape[1] + ct.shape[1])
         for b in range(n):
             qid = int(batch["query"][b])
             assert qid == lists.queries[b]
@@ -56,11 +58,11 @@ def test_batches_are_store_rows_concatenated(tiny_store: Path, all_positive_list
                 assert bool(batch["mask"][b, j]) == (cid >= 0)
                 if cid >= 0:
                     expect = np.concatenate([qt[qid], ct[cid]])
-                    np.testing.assert_allclose(batch["x"][b, j].numpy(), expect, rtol=1e-6)
+                    np.testing.assert_allclose(x[b, j].numpy(), expect, rtol=1e-6)
                     assert batch["labels"][b, j] == lists.labels[b, j]
                 else:  # padding: masked, label 0, zero features
                     assert batch["labels"][b, j] == 0 and torch.all(batch["c"][b, j] == 0)
-        torch.testing.assert_close(batch["x"][:, 0, : qt.shape[1]], batch["q"])
+        torch.testing.assert_close(x[:, 0, : qt.shape[1]], batch["q"])
 
 
 def test_multi_positive_i2t_lists_hold_all_captions(
@@ -78,7 +80,7 @@ def test_training_loader_yields_both_directions(tiny_store: Path, all_positive_l
     combined = dm.train_dataloader()
     batch, _, _ = next(iter(combined))
     assert set(batch) == {"t2i", "i2t"}
-    assert batch["t2i"]["x"].shape[0] == 8 and batch["i2t"]["direction"] == "i2t"
+    assert batch["t2i"]["c"].shape[0] == 8 and batch["i2t"]["direction"] == "i2t"
 
 
 def test_lists_dir_spells_out_the_mining_options(tiny_store: Path) -> None:

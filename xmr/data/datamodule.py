@@ -41,6 +41,12 @@ log = logging.getLogger(__name__)
 DIRECTIONS: tuple[str, ...] = ("t2i", "i2t")
 
 
+def pair_features(q: Tensor, c: Tensor) -> Tensor:
+    """Pair features ``x (B, L, D_q + D_c)`` = ``[query ; candidate]`` per item, from ``q (B, D_q)``
+    and ``c (B, L, D_c)`` (zeros at padding stay zeros in the candidate half)."""
+    return torch.cat([q.unsqueeze(1).expand(-1, c.shape[1], -1), c], dim=-1)
+
+
 class _ListIndexDataset(Dataset[int]):
     """Yields list indices; the collate function gathers features for a whole batch at once."""
 
@@ -78,9 +84,9 @@ class PairGatherer:
         q = self.query_table[qid].float()  # (B, D_q)
         c = self.cand_table[cid.clamp_min(0)].float()  # (B, L, D_c)
         c = c * mask.unsqueeze(-1)
-        x = torch.cat([q.unsqueeze(1).expand(-1, c.shape[1], -1), c], dim=-1)  # (B, L, D_q+D_c)
+        # No (B, L, D_q + D_c) pair array: rankers take q and c (``forward_split``); a scorer
+        # that needs the concatenation builds it with :func:`pair_features`.
         return {
-            "x": x,
             "q": q,
             "c": c,
             "labels": self.labels[ix].float(),

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from xmr.data.datamodule import pair_features
 from xmr.metrics.retrieval import ListRetrievalMetrics
 
 MONITOR = "val/rsum"
@@ -115,9 +116,9 @@ class RankingModule(L.LightningModule):
     def score(self, batch: Mapping[str, Any]) -> Tensor:
         """Scores ``(B, L)`` of one batch with the network of its direction."""
         net = self.nets[batch["direction"]]
-        if hasattr(net, "forward_split") and "q" in batch:
+        if hasattr(net, "forward_split"):
             return net.forward_split(batch["q"], batch["c"], batch["mask"])
-        return net(batch["x"], batch["mask"])
+        return net(pair_features(batch["q"], batch["c"]), batch["mask"])
 
     # -- training ------------------------------------------------------------------------------
     def training_step(self, batch: Mapping[str, Mapping[str, Any]], batch_idx: int) -> Tensor:
