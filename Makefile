@@ -32,7 +32,7 @@ test: install ## run the test suite (what .ci/run calls)
 
 demo: install ## SYNTHETIC demo: store, lists, 4 losses + DCCA/CMPM/VSE++/InfoNCE vs CLIP cosine, report
 	@echo "== xmr demo: SYNTHETIC data (seeded generator, shaped like Flickr30k, 2,000/200/200 images) =="
-	@echo "== expected wall time on 2 CPU cores: about 9 minutes (2 jobs at a time, 1 thread each) =="
+	@echo "== expected wall time on 2 CPU cores: about 4 minutes (2 jobs at a time, 1 thread each; measured 3 min 40 s idle) =="
 	$(BIN)/xmr mine data=synthetic_demo
 	$(BIN)/xmr train -m experiment=demo trainer.max_epochs=$(DEMO_EPOCHS) hydra/launcher=local \
 	    loss=lambdarank,neural_ndcg,listnet,ranknet hydra.sweep.dir=$(DEMO_DIR)/rankers
