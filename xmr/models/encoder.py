@@ -11,8 +11,8 @@ unchanged):
 
 * :func:`encoder_layer` — one ``nn.TransformerEncoderLayer`` (``batch_first=True``, pre- or
   post-norm, ReLU or GELU) from its parameters: fused QKV projection, attention by
-  ``scaled_dot_product_attention`` (or, with attention dropout on the CPU, head by head from
-  strided views of the projection, :func:`attention`), dropout by :func:`masked` with the
+  ``scaled_dot_product_attention`` (or, with attention dropout on the CPU, in head-major order
+  with a hand-written backward, :func:`attention`), dropout by :func:`masked` with the
   scales folded into the next linear map. In eval mode it equals the module's output up to float
   rounding (``tests/test_encoder.py``).
 * :func:`dropout` — inverted dropout whose keep mask comes from 16 random bits per element
@@ -79,31 +79,22 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     return y if scale == 1.0 else y.mul_(scale)
 
 
-#: Lists per block of :class:`_HeadAttention`: a block's weights, 32 · 51 · 51 floats = 333 kB,
-#: stay in cache through scores, softmax, mask and product (the vectorised ensemble has E times
-#: the lists: unblocked, its weights streamed through memory at ~3x the time per list).
-ATTENTION_BLOCK = 32
-
-
-def _blocks(heads: int, n: int) -> list[tuple[int, slice]]:
-    return [
-        (j, slice(s, s + ATTENTION_BLOCK))
-        for j in range(heads)
-        for s in range(0, n, ATTENTION_BLOCK)
-    ]
+#: (list, head) slices per block of :class:`_HeadAttention`: a block's weights, 64 · 51 · 51
+#: floats = 666 kB, stay in cache through scores, softmax, mask and product (the vectorised
+#: ensemble has E times the lists: unblocked, its weights streamed through memory at ~3x the
+#: time per list).
+ATTENTION_BLOCK = 64
 
 
 class _HeadAttention(torch.autograd.Function):
-    """Attention with dropout on the weights, straight from the fused projection ``qkv``, one
-    head at a time.
+    """Attention with dropout on the weights, from the fused projection ``qkv``.
 
-    Each head's ``q, k, v`` are strided views of ``qkv (B, L, 3, heads, d)`` that batched matrix
-    products read in place, and each head's output is written into its columns of the
-    ``(B, L, H)`` result, so no head split/merge copies are made in either direction (with
-    ``nn.MultiheadAttention``'s layout those copies, and the stacking of the q/k/v gradients,
-    cost more than the attention products). Per head the weights ``(B, L, L)`` — 333 kB at the
-    paper's shape — go through scores, softmax, mask and product while in cache, in blocks of
-    :data:`ATTENTION_BLOCK` lists; each block's softmax output and keep mask (as
+    ``qkv`` is copied once into head-major order ``(3, heads · B, L, d)``, so that every batched
+    product runs over all (list, head) slices of a block at once, and the gradient is assembled
+    in that order and copied back once (``nn.MultiheadAttention``'s layout needed several copies
+    per direction and a stack of the q/k/v gradients). The weights — ``(heads · B, L, L)``,
+    1.3 MB at the paper's shape — go through scores, softmax, mask and product in blocks of
+    :data:`ATTENTION_BLOCK` slices, in cache; each block's softmax output and keep mask (as
     :func:`keep_mask`) are stored for the backward.
 
     ``qkv (B, L, 3H)`` contiguous, ``bias (B, 1, L)`` additive key mask (0 or -inf) or None when
@@ -114,47 +105,54 @@ class _HeadAttention(torch.autograd.Function):
     def forward(ctx, qkv, heads, bias, p):  # type: ignore[override]
         B, L, H3 = qkv.shape
         d = H3 // (3 * heads)
+        n = heads * B
         alpha = d**-0.5
-        parts = qkv.view(B, L, 3, heads, d)
+        hm = qkv.view(B, L, 3, heads, d).permute(2, 3, 0, 1, 4).reshape(3, n, L, d)  # one copy
+        q, k, v = hm[0], hm[1], hm[2]  # (heads · B, L, d) each, contiguous
+        if bias is not None:
+            bias = bias.expand(heads, B, 1, L).reshape(n, 1, L)
         drop = round(p * _LEVELS)
-        n = heads * B * L * L
-        words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)
-        lanes = words.view(torch.int16)[:n].view(heads, B, L, L)
-        out = qkv.new_empty(heads, B, L, d)  # head-major: contiguous per head
+        count = n * L * L
+        words = torch.randint(-(2**63), 2**63 - 1, ((count + 3) // 4,), dtype=torch.int64)
+        lanes = words.view(torch.int16)[:count].view(n, L, L)
+        out = qkv.new_empty(n, L, d)
+        none = qkv.new_empty(())
         saved: list[Tensor] = []
-        for j, b in _blocks(heads, B):
-            q, k, v = parts[b, :, 0, j], parts[b, :, 1, j], parts[b, :, 2, j]  # (b, L, d) views
+        for s in range(0, n, ATTENTION_BLOCK):
+            b = slice(s, s + ATTENTION_BLOCK)
+            kt = k[b].transpose(1, 2)
             if bias is None:
-                w = torch.baddbmm(out.new_empty(()), q, k.transpose(1, 2), beta=0.0, alpha=alpha)
+                w = torch.baddbmm(none, q[b], kt, beta=0.0, alpha=alpha)
             else:
-                w = torch.baddbmm(bias[b], q, k.transpose(1, 2), alpha=alpha)
-            w = torch.softmax(w, -1)  # (b, L, L)
-            m = lanes[j, b].to(qkv.dtype).sub_(drop - _LEVELS // 2 - 1).clamp_(0, 1)  # keep mask
-            torch.bmm(w * m, v, out=out[j, b])
+                w = torch.baddbmm(bias[b], q[b], kt, alpha=alpha)
+            w = torch.softmax(w, -1)  # (block, L, L)
+            m = lanes[b].to(qkv.dtype).sub_(drop - _LEVELS // 2 - 1).clamp_(0, 1)  # keep mask
+            torch.bmm(w * m, v[b], out=out[b])
             saved += [w, m]
         ctx.heads, ctx.alpha = heads, alpha
-        ctx.save_for_backward(qkv, *saved)
-        out = out.permute(1, 2, 0, 3).reshape(B, L, heads * d)  # one copy, heads concatenated
+        ctx.save_for_backward(hm, *saved)
+        out = out.view(heads, B, L, d).permute(1, 2, 0, 3).reshape(B, L, heads * d)  # one copy
         return out, _LEVELS / (_LEVELS - drop)
 
     @staticmethod
     def backward(ctx, grad, _grad_scale):  # type: ignore[override]
-        qkv, *saved = ctx.saved_tensors
+        hm, *saved = ctx.saved_tensors
         heads, alpha = ctx.heads, ctx.alpha
-        B, L, H3 = qkv.shape
-        d = H3 // (3 * heads)
-        parts = qkv.view(B, L, 3, heads, d)
-        g = grad.reshape(B, L, heads, d)
-        dqkv = qkv.new_empty(3, heads, B, L, d)  # head-major, laid out as qkv at the end
-        for i, (j, b) in enumerate(_blocks(heads, B)):
+        _, n, L, d = hm.shape
+        B = n // heads
+        q, k, v = hm[0], hm[1], hm[2]
+        g = grad.reshape(B, L, heads, d).permute(2, 0, 1, 3).reshape(n, L, d)  # head-major
+        dhm = torch.empty_like(hm)
+        for i, s in enumerate(range(0, n, ATTENTION_BLOCK)):
+            b = slice(s, s + ATTENTION_BLOCK)
             w, m = saved[2 * i], saved[2 * i + 1]
-            q, k, v, gj = parts[b, :, 0, j], parts[b, :, 1, j], parts[b, :, 2, j], g[b, :, j]
-            torch.bmm((w * m).transpose(1, 2), gj, out=dqkv[2, j, b])
-            dw = torch.bmm(gj, v.transpose(1, 2)).mul_(m)  # through the mask
+            torch.bmm((w * m).transpose(1, 2), g[b], out=dhm[2, b])
+            dw = torch.bmm(g[b], v[b].transpose(1, 2)).mul_(m)  # through the mask
             ds = torch._softmax_backward_data(dw, w, -1, w.dtype)
-            torch.bmm(ds, k, out=dqkv[0, j, b]).mul_(alpha)
-            torch.bmm(ds.transpose(1, 2), q, out=dqkv[1, j, b]).mul_(alpha)
-        return dqkv.permute(2, 3, 0, 1, 4).reshape(B, L, H3), None, None, None
+            torch.bmm(ds, k[b], out=dhm[0, b]).mul_(alpha)
+            torch.bmm(ds.transpose(1, 2), q[b], out=dhm[1, b]).mul_(alpha)
+        dqkv = dhm.view(3, heads, B, L, d).permute(2, 3, 0, 1, 4).reshape(B, L, 3 * heads * d)
+        return dqkv, None, None, None
 
 
 def attention(
@@ -168,7 +166,7 @@ def attention(
     Returns the output ``(B, L, H)`` (heads concatenated) *without* the dropout scale, and that
     scale (see :func:`masked`). ``scaled_dot_product_attention`` where it is the fast path (no
     dropout, or a GPU); on the CPU with dropout its math path draws Bernoulli masks, so
-    :class:`_HeadAttention` forms, masks and applies the weights head by head."""
+    :class:`_HeadAttention` forms, masks and applies the weights block by block."""
     B, L, H3 = qkv.shape
     H = H3 // 3
     p = p if training else 0.0
