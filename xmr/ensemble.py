@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xmr.models.encoder import attention, dropout
+from xmr.models.encoder import attention, dropout, key_mask
 from xmr.models.ranker import ContextAwareRanker
 
 log = logging.getLogger(__name__)
@@ -184,9 +184,7 @@ class EnsembleRanker(nn.Module):
         x = h.reshape(E, B * Lc, -1)  # (E, N, H0), N = B*L
         for kind, item in self.rest:
             x = self._linear(x, item) if kind == "linear" else item(x)
-        attn_mask: Tensor | None = mask.reshape(E * B, 1, 1, Lc)  # (E*B, 1, 1, L): True = attend
-        if mask.device.type == "cpu" and bool(mask.all()):
-            attn_mask = None  # no padded item: no masking work (as xmr.models.encoder.encode)
+        attn_mask = key_mask(mask.reshape(E * B, Lc))  # (E*B, 1, 1, L): True = attend; or None
         for spec in self.layers:
             x = self._encoder_layer(x, spec, attn_mask, B, Lc)
         if self.final_norm_eps is not None:

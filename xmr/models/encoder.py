@@ -32,10 +32,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["keep_mask", "masked", "dropout", "attention", "encoder_layer", "encode"]
+__all__ = ["keep_mask", "key_mask", "masked", "dropout", "attention", "encoder_layer", "encode"]
 
 _BITS = 16
 _LEVELS = 1 << _BITS  # 65,536
+
+
+def _lanes(count: int, device: torch.device | None = None) -> Tensor:
+    """``count`` uniform int16 values: ``randint`` over the whole int64 range gives 64 random
+    bits per draw, four int16 lanes."""
+    words = torch.randint(
+        -(2**63), 2**63 - 1, ((count + 3) // 4,), dtype=torch.int64, device=device
+    )
+    return words.view(torch.int16)[:count]  # uniform over [-32768, 32767]
+
+
+def _keep_from_lanes(lanes: Tensor, drop: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The keep mask (1 or 0) of ``lanes``: lanes below ``t = drop - 32768`` are dropped.
+
+    Float arithmetic instead of a bool compare + cast (2-5x slower on the CPU): lanes are
+    integers (exact in float32), so ``lanes - (t - 1)`` is >= 1 when kept and <= 0 when dropped.
+    """
+    return lanes.to(dtype).sub_(drop - _LEVELS // 2 - 1).clamp_(0.0, 1.0)
 
 
 def keep_mask(
@@ -43,15 +61,18 @@ def keep_mask(
 ) -> tuple[Tensor, float]:
     """A random float32 keep mask ``(shape)`` — 1 with probability ``1 - p'``, else 0 — and the
     inverse keep probability ``1 / (1 - p')``; ``p' = round(p · 65536) / 65536``."""
-    n = math.prod(shape)
-    # randint over the whole int64 range: 64 random bits per draw = four int16 lanes.
-    words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=device)
-    lanes = words.view(torch.int16)[:n].view(shape)  # uniform over [-32768, 32767]
-    drop = round(p * _LEVELS)  # lanes below t = drop - 32768 are dropped
-    # Float arithmetic instead of a bool compare + cast (2-5x slower on the CPU): lanes are
-    # integers (exact in float32), so lanes - (t - 1) is >= 1 when kept and <= 0 when dropped.
-    m = lanes.to(torch.float32).sub_(drop - _LEVELS // 2 - 1).clamp_(0.0, 1.0)
-    return m, _LEVELS / (_LEVELS - drop)
+    drop = round(p * _LEVELS)
+    lanes = _lanes(math.prod(shape), device).view(shape)
+    return _keep_from_lanes(lanes, drop), _LEVELS / (_LEVELS - drop)
+
+
+def key_mask(mask: Tensor) -> Tensor | None:
+    """The attention key mask ``(N, 1, 1, L)`` of a ``(N, L)`` padding mask (True = real item), or
+    None when no item is padded (the usual 51-candidate lists: no masking work). The check reads
+    the mask on the host, so it is made on the CPU only (on a GPU it would synchronise)."""
+    if mask.device.type == "cpu" and bool(mask.all()):
+        return None
+    return mask.view(mask.shape[0], 1, 1, mask.shape[1])
 
 
 def _use_fast(x: Tensor) -> bool:
@@ -112,9 +133,7 @@ class _HeadAttention(torch.autograd.Function):
         if bias is not None:
             bias = bias.expand(heads, B, 1, L).reshape(n, 1, L)
         drop = round(p * _LEVELS)
-        count = n * L * L
-        words = torch.randint(-(2**63), 2**63 - 1, ((count + 3) // 4,), dtype=torch.int64)
-        lanes = words.view(torch.int16)[:count].view(n, L, L)
+        lanes = _lanes(n * L * L).view(n, L, L)  # drawn once; turned into masks per block
         out = qkv.new_empty(n, L, d)
         none = qkv.new_empty(())
         saved: list[Tensor] = []
@@ -126,7 +145,7 @@ class _HeadAttention(torch.autograd.Function):
             else:
                 w = torch.baddbmm(bias[b], q[b], kt, alpha=alpha)
             w = torch.softmax(w, -1)  # (block, L, L)
-            m = lanes[b].to(qkv.dtype).sub_(drop - _LEVELS // 2 - 1).clamp_(0, 1)  # keep mask
+            m = _keep_from_lanes(lanes[b], drop, qkv.dtype)  # as keep_mask
             torch.bmm(w * m, v[b], out=out[b])
             saved += [w, m]
         ctx.heads, ctx.alpha = heads, alpha
@@ -228,9 +247,7 @@ def encoder_layer(layer: nn.TransformerEncoderLayer, x: Tensor, mask: Tensor | N
 def encode(encoder: nn.TransformerEncoder, x: Tensor, mask: Tensor) -> Tensor:
     """``encoder(x, src_key_padding_mask=~mask)`` by :func:`encoder_layer`; ``x (B, L, H)``,
     ``mask (B, L)`` bool, True = real item."""
-    attn_mask: Tensor | None = mask.view(mask.shape[0], 1, 1, mask.shape[1])
-    if mask.device.type == "cpu" and bool(mask.all()):
-        attn_mask = None  # no padded item (the usual 51-candidate lists): no masking work
+    attn_mask = key_mask(mask)
     for layer in encoder.layers:
         x = encoder_layer(layer, x, attn_mask)
     if encoder.norm is not None:
