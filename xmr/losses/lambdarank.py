@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from xmr.losses._common import (
     check_cutoff,
     check_positive,
+    gains,
     has_positive,
     ideal_dcg,
     mean_over_lists,
@@ -82,13 +83,13 @@ class LambdaLoss(nn.Module):
         ``G_i - G_j > 0``: ``relu(G_i - G_j)`` on real rows and columns is ``|G_i - G_j|`` times
         the pair mask, without forming that mask."""
         m = mask.to(labels.dtype)  # (B, L)
-        gain = torch.pow(2.0, labels) - 1.0  # (B, L); padding masked out below
-        max_dcg = ideal_dcg(gain * m, self.k).clamp(min=1e-10)  # (B,)
+        gain = gains(labels, mask)  # (B, L), 0 at padding
+        max_dcg = ideal_dcg(gain, self.k).clamp(min=1e-10)  # (B,)
         g = gain / max_dcg[:, None]  # (B, L)
         g_diff = (g[:, :, None] - g[:, None, :]).relu_()  # (B, L, L): |G_i - G_j| on pairs
         g_diff.mul_(m[:, :, None]).mul_(m[:, None, :])
         r = ranks.to(labels.dtype)  # (B, L)
-        weights = torch.zeros_like(g_diff)
+        weights: Tensor | float = 0.0  # the weighting sets at least one term
         if self.weighting in ("lambdarank", "ndcg2pp"):
             disc = 1.0 / torch.log2(1.0 + r)  # (B, L)
             if self.k is not None:
@@ -103,7 +104,7 @@ class LambdaLoss(nn.Module):
                 delta = delta * (top[:, :, None] | top[:, None, :]).to(delta.dtype)
             scale = self.mu if self.weighting == "ndcg2pp" else 1.0
             weights = weights + scale * g_diff * delta
-        return weights
+        return weights  # type: ignore[return-value]
 
     def forward(self, scores: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
         """Loss of ``scores (B, L)`` against ``labels (B, L)`` over real items ``mask (B, L)``."""
