@@ -86,6 +86,11 @@ def sinkhorn_reference(
     return u[:, :, None] * matrix * v[:, None, :]
 
 
+def _side(i: int, rows_first: bool) -> int:
+    """Which scaling vector half-round ``i`` produces: 0 = u (rows), 1 = v (columns)."""
+    return 0 if (i % 2 == 0) == rows_first else 1
+
+
 class _Sinkhorn(torch.autograd.Function):
     """Sinkhorn scaling with a hand-written backward of the unrolled iterations.
 
@@ -104,27 +109,21 @@ class _Sinkhorn(torch.autograd.Function):
         B, L, _ = K.shape
         Kt = K.transpose(1, 2).contiguous()  # K v = (vᵀ Kᵀ)ᵀ
         u0, v0 = row_real.to(K.dtype), col_real.to(K.dtype)  # (B, L)
-        row_pad, col_pad = ~row_real, ~col_real
         rows_first = last == "columns"  # the half-round that produces u comes first
         n = 2 * iterations
         out = K.new_empty(n, B, L)  # the scaling vector each half-round produced
         pre = K.new_empty(n, B, L)  # its pre-activation (K v or Kᵀ u)
-        u, v = u0, v0
+        # Side 0 produces u = 1 / (K v) on real rows (v @ Kᵀ), side 1 v = 1 / (Kᵀ u) on real
+        # columns (u @ K); padded rows / columns get 1.
+        vecs, mats, pads = [u0, v0], (Kt, K), (~row_real, ~col_real)
         for i in range(n):
-            if (i % 2 == 0) == rows_first:  # u = 1 / (K v) on real rows, 1 on padded rows
-                torch.bmm(v.unsqueeze(1), Kt, out=pre[i].unsqueeze(1))
-                u = (
-                    torch.clamp(pre[i], min=eps, out=out[i])
-                    .reciprocal_()
-                    .masked_fill_(row_pad, 1.0)
-                )
-            else:  # v = 1 / (Kᵀ u) on real columns
-                torch.bmm(u.unsqueeze(1), K, out=pre[i].unsqueeze(1))
-                v = (
-                    torch.clamp(pre[i], min=eps, out=out[i])
-                    .reciprocal_()
-                    .masked_fill_(col_pad, 1.0)
-                )
+            side = _side(i, rows_first)
+            x = vecs[1 - side]
+            torch.bmm(x.unsqueeze(1), mats[side], out=pre[i].unsqueeze(1))
+            vecs[side] = (
+                torch.clamp(pre[i], min=eps, out=out[i]).reciprocal_().masked_fill_(pads[side], 1.0)
+            )
+        u, v = vecs
         # The scaling history goes out as extra (non-differentiable) outputs: setup_context
         # saves it, and the vmap rule below can reshape it.
         return u[:, :, None] * K * v[:, None, :], Kt, u, v, out, pre
@@ -179,18 +178,16 @@ class _Sinkhorn(torch.autograd.Function):
         real[r0::2], real[c0::2] = row_real, col_real
         factor = torch.where(real & (pre >= ctx.eps), -(out * out), 0.0)  # (n, B, L)
         d = torch.empty_like(out)  # gradient at each pre-activation
-        du_live = dv_live = True  # False: that gradient is exactly zero
+        # The gradient at vector side s flows back through its pre-activation to the other
+        # vector: K d for side 1 (d @ Kᵀ), Kᵀ d for side 0 (d @ K).
+        grads, live, mats = [du, dv], [True, True], (K, Kt)  # live False: exactly zero
         for i in range(n - 1, -1, -1):
-            if (i % 2 == 0) == rows_first:  # u_i = g(K x), x = the v before it
-                torch.mul(du, factor[i], out=d[i])
-                kd = torch.bmm(d[i].unsqueeze(1), K).squeeze(1)  # Kᵀ d
-                dv = dv + kd if dv_live else kd
-                du_live, dv_live = False, True
-            else:  # v_i = g(Kᵀ x), x = the u before it
-                torch.mul(dv, factor[i], out=d[i])
-                kd = torch.bmm(d[i].unsqueeze(1), Kt).squeeze(1)  # K d
-                du = du + kd if du_live else kd
-                du_live, dv_live = True, False
+            side = _side(i, rows_first)
+            other = 1 - side
+            torch.mul(grads[side], factor[i], out=d[i])
+            back = torch.bmm(d[i].unsqueeze(1), mats[side]).squeeze(1)
+            grads[other] = grads[other] + back if live[other] else back
+            live[side], live[other] = False, True
         # Inputs of each half-round: the previous half-round's output (or the initial vector).
         x = torch.empty_like(out)
         x[1:] = out[:-1]
