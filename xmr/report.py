@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from xmr.results import flatten_config
 from xmr.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -171,15 +172,6 @@ def _method_of_config(config: dict[str, Any] | None) -> str:
         return "unknown"
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        flat: dict[str, Any] = {}
-        for key, value in node.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix.rstrip("."): node}
-
-
 def _short_key(key: str) -> str:
     for prefix in ("model.net.", "model.", "data.mining.", "data."):
         if key.startswith(prefix):
@@ -196,7 +188,7 @@ def assign_rows(jobs: list[dict[str, Any]]) -> list[str]:
     """
     flats = []
     for job in jobs:
-        flat = _flatten(job.get("config") or {})
+        flat = flatten_config(job.get("config") or {})
         flats.append(
             {
                 k: json.dumps(v)

@@ -149,17 +149,18 @@ RERUN_NEUTRAL_KEYS = (
 )
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_config(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"dotted.key": leaf}``."""
     if isinstance(node, dict):
         flat: dict[str, Any] = {}
         for key, value in node.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten_config(value, f"{prefix}{key}."))
         return flat
     return {prefix.rstrip("."): node}
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    flat = _flatten(config)
+    flat = flatten_config(config)
     return {
         k: v
         for k, v in flat.items()
