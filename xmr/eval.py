@@ -20,10 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xmr.config import validate_config
 from xmr.data.datamodule import XMRDataModule
-from xmr.full_gallery import run_protocol
-from xmr.models.module import run_test_loop
-from xmr.results import write_predictions, write_results
-from xmr.train import build_module, load_weights, run_method
+from xmr.train import build_module, load_weights, run_method, test_record
 from xmr.utils.instantiate import instantiate
 from xmr.utils.io import atomic_write_json
 
@@ -60,24 +57,16 @@ def evaluate(
         if not ckpt_path.exists():
             raise FileNotFoundError(f"{ckpt_path}: checkpoint not found")
         load_weights(module, ckpt_path)
-    merged = run_test_loop(module, dm)
-    predictions = write_predictions(out_dir, module.predictions)
-    full, full_info = run_protocol(cfg, module.nets, dm.store)  # xmr.full_gallery
-    merged.update(full)
-    results = write_results(
+    results = test_record(
+        cfg,
+        module,
+        dm,
         out_dir,
-        cfg=cfg,
         method=run_method(cfg),
-        test_metrics=merged,
         val_metrics={},
         checkpoint=ckpt_path,
-        predictions=predictions,
-        store=dm.store,
         epochs_run=-1,
-        write=False,
     )
-    if full_info is not None:
-        results["full_gallery"] = full_info
     atomic_write_json(out_dir / "eval_results.json", results)
     return results
 

@@ -409,31 +409,62 @@ def _fit_and_test(
 
     results: dict[str, Any] = {}
     if cfg.get("test", True):
-        merged = run_test_loop(module, dm, trainer)
-        predictions = write_predictions(out, module.predictions) if trainer.is_global_zero else {}
         val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        full, full_info = run_protocol(cfg, module.nets, dm.store)  # xmr.full_gallery
-        merged.update(full)
-        results = write_results(
+        results = test_record(
+            cfg,
+            module,
+            dm,
             out,
-            cfg=cfg,
             method=run_method(cfg),
-            test_metrics=merged,
+            trainer=trainer,
+            save_predictions=trainer.is_global_zero,
             val_metrics=val,
             checkpoint=best_ckpt,
-            predictions=predictions,
-            store=dm.store,
             epochs_run=int(trainer.current_epoch),
             best_val=best_val,
-            write=False,
         )
-        if full_info is not None:
-            results["full_gallery"] = full_info
         results["config"] = scrub_secrets(results["config"])
         if trainer.is_global_zero:
             atomic_write_json(out / "results.json", results)
             remove_if_exists(out / FAILED_FILE)
             log_final_results(loggers, results)
+    return results
+
+
+def test_record(
+    cfg: DictConfig,
+    module: RankingModule,
+    dm: XMRDataModule,
+    out: Path,
+    *,
+    method: str,
+    trainer: L.Trainer | None = None,
+    accelerator: str = "cpu",
+    save_predictions: bool = True,
+    **meta: Any,
+) -> dict[str, Any]:
+    """Test ``module`` the one way ``xmr train``, ``xmr eval`` and ensemble members share: the
+    list protocol by :func:`run_test_loop` (``trainer``, or a bare one on ``accelerator``), the
+    ``protocol`` group's full-gallery evaluation, predictions written to ``out`` (when
+    ``save_predictions``). Returns the results record (:func:`write_results` with ``meta``:
+    ``val_metrics``, ``checkpoint``, ``epochs_run``, ``best_val``; plus ``full_gallery``); the
+    caller writes it."""
+    merged = run_test_loop(module, dm, trainer, accelerator=accelerator)
+    predictions = write_predictions(out, module.predictions) if save_predictions else {}
+    full, full_info = run_protocol(cfg, module.nets, dm.store)  # xmr.full_gallery
+    merged.update(full)
+    results = write_results(
+        out,
+        cfg=cfg,
+        method=method,
+        test_metrics=merged,
+        predictions=predictions,
+        store=dm.store,
+        write=False,
+        **meta,
+    )
+    if full_info is not None:
+        results["full_gallery"] = full_info
     return results
 
 

@@ -31,12 +31,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from xmr.data.datamodule import XMRDataModule
 from xmr.ensemble import EnsembleRanker, MemberBatches, clip_grad_norm_per_member, ensemble_losses
+from xmr.loggers import scrub_secrets
 from xmr.metrics.retrieval import ListRetrievalMetrics
-from xmr.models.module import RSUM_KS, RankingModule, run_test_loop
+from xmr.models.module import RSUM_KS, RankingModule
 from xmr.models.ranker import ContextAwareRanker
 from xmr.paths import CONF_DIR
-from xmr.results import write_predictions, write_results
-from xmr.train import build_module, output_dir_of
+from xmr.train import build_module, output_dir_of, test_record
 from xmr.utils.instantiate import ConfigError, instantiate
 from xmr.utils.io import atomic_write, atomic_write_json, atomic_write_text
 from xmr.utils.runtime import torch_runtime
@@ -176,38 +176,20 @@ def _test_member(
     ensemble: dict[str, int],
 ) -> dict[str, Any]:
     """Test one member with the same Lightning test loop as ``xmr train``; write its results."""
-    merged = run_test_loop(module, dm, accelerator=str(cfg.trainer.get("accelerator", "auto")))
-    predictions = write_predictions(out, module.predictions)
-    full_info = None
-    try:
-        from xmr.full_gallery import run_protocol
-    except ImportError:  # pragma: no cover - older trees without the full-gallery protocol
-        run_protocol = None
-    if run_protocol is not None:
-        full, full_info = run_protocol(cfg, module.nets, dm.store)
-        merged.update(full)
     inter = list(cfg.model.get("net", {}).get("interaction") or [])
-    results = write_results(
+    results = test_record(
+        cfg,
+        module,
+        dm,
         out,
-        cfg=cfg,
         method=name + "".join(f"+{n}" for n in inter),
-        test_metrics=merged,
+        accelerator=str(cfg.trainer.get("accelerator", "auto")),
         val_metrics=val,
         checkpoint=best_ckpt,
-        predictions=predictions,
-        store=dm.store,
         epochs_run=epochs_run,
         best_val=best_val,
-        write=False,
     )
-    if full_info is not None:
-        results["full_gallery"] = full_info
-    try:
-        from xmr.loggers import scrub_secrets
-
-        results["config"] = scrub_secrets(results["config"])
-    except ImportError:  # pragma: no cover
-        pass
+    results["config"] = scrub_secrets(results["config"])
     results["ensemble"] = dict(ensemble)  # trained as member `index` of `members`
     atomic_write_json(out / "results.json", results)
     return results
