@@ -158,3 +158,96 @@ def test_failed_json_scrubs_secrets_too(tmp_path: Path, monkeypatch: pytest.Monk
         train(cfg)
     text = (tmp_path / "run" / "failed.json").read_text()
     assert SECRET not in text and json.loads(text)["config"]["api_token"] == "***"
+
+
+# ------------------------------------------------------------- targets resolved, not matched
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "torch.load",  # unpickles whatever file it is given
+        "torch.serialization.load",
+        "torch.hub.load",
+        "torch.save",
+        "torch.jit.load",
+        "xmr.data.store.shutil.copyfile",  # a foreign function reached through an xmr module
+        "xmr.utils.instantiate.hydra.utils.instantiate",
+        "xmr.utils.instantiate.instantiate",  # an xmr function that is not a builder
+        "torch.Tensor",  # a torch class that is not a part of a run
+        "torch.nn.init.normal_",
+        "lightning.pytorch.utilities.rank_zero_only",
+        "xmr.no_such_module.Thing",
+    ],
+)
+def test_target_must_resolve_to_something_xmr_builds(target: str) -> None:
+    from xmr.utils.instantiate import check_target
+
+    with pytest.raises(ConfigError, match="may be instantiated"):
+        check_target(target, where="callbacks.x")
+
+
+@pytest.mark.parametrize(
+    "target",
+    sorted(
+        {
+            line.split("_target_:", 1)[1].strip()
+            for path in CONF.rglob("*.yaml")
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if "_target_:" in line and not line.lstrip().startswith("#")
+        }
+    ),
+)
+def test_every_shipped_target_is_accepted(target: str) -> None:
+    from xmr.utils.instantiate import check_target
+
+    assert check_target(target) is not None
+
+
+def test_pickle_target_from_a_run_config_on_disk_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's config.yaml read back by `xmr eval` (or given on the command line) cannot
+    instantiate torch.load: the pickle below would create PWNED if it were ever loaded."""
+    import pickle
+
+    monkeypatch.chdir(tmp_path)
+
+    class Evil:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (Path.touch, (tmp_path / "PWNED",))
+
+    bomb = tmp_path / "bomb.pt"
+    bomb.write_bytes(pickle.dumps(Evil()))
+    override = "+callbacks.evil={_target_:torch.load,f:" + str(bomb) + ",weights_only:false}"
+    cfg = make_cfg(tmp_path, ["data=synthetic_tiny", override])
+    with pytest.raises(ConfigError, match="callbacks.evil._target_ = 'torch.load'"):
+        train(cfg)
+    assert not (tmp_path / "PWNED").exists()
+    from omegaconf import OmegaConf
+
+    from xmr.utils.instantiate import instantiate
+
+    on_disk = tmp_path / "config.yaml"
+    OmegaConf.save(
+        OmegaConf.create({"_target_": "torch.load", "f": str(bomb), "weights_only": False}),
+        on_disk,
+    )
+    with pytest.raises(ConfigError, match="torch.load"):
+        instantiate(OmegaConf.load(on_disk), where="callbacks.evil")
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_copyfile_through_an_xmr_module_is_refused(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from xmr.utils.instantiate import instantiate
+
+    src = tmp_path / "src.txt"
+    src.write_text("x")
+    cfg = OmegaConf.create(
+        {"_target_": "xmr.data.store.shutil.copyfile", "src": str(src), "dst": str(tmp_path / "d")}
+    )
+    with pytest.raises(ConfigError, match="resolves to shutil.copyfile"):
+        instantiate(cfg, where="data")
+    assert not (tmp_path / "d").exists()

@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from xmr.utils.instantiate import ConfigError, _check_targets
+from xmr.utils.instantiate import ConfigError, check_targets
 
 
 def _positive_int(cfg: DictConfig, key: str, value: Any, minimum: int = 1) -> None:
@@ -20,7 +20,7 @@ def _positive_int(cfg: DictConfig, key: str, value: Any, minimum: int = 1) -> No
 
 def validate_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` naming the key and the rule for an impossible config."""
-    _check_targets(cfg, "config")
+    check_targets(cfg, "config")
     data = cfg.data
     _positive_int(cfg, "data.batch_size", data.get("batch_size"))
     _positive_int(cfg, "data.eval_batch_size", data.get("eval_batch_size"))

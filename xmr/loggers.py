@@ -36,7 +36,7 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from xmr.utils.instantiate import instantiate
+from xmr.utils.instantiate import buildable, instantiate
 
 #: Keys whose values are never logged (matched case-insensitively against the key's last part).
 SECRET_KEY_PATTERN = re.compile(
@@ -74,6 +74,7 @@ def wandb_mode(mode: str | None = None) -> str:
     return "online" if wandb_api_key_configured() else "offline"
 
 
+@buildable
 def make_wandb_logger(
     *,
     project: str = "xmr",
