@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header, make_optimizer, runtime  # noqa: E402
 
 from xmr.data.datamodule import XMRDataModule, mining_tag, prepare_store_and_lists  # noqa: E402
-from xmr.data.lists import mine_lists  # noqa: E402
+from xmr.data.mining import mine_lists  # noqa: E402
 from xmr.data.store import FeatureStore  # noqa: E402
 from xmr.losses.listnet import ListNetLoss  # noqa: E402
 from xmr.models.module import RankingModule  # noqa: E402

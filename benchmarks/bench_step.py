@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header, make_optimizer, matmul_gflops, runtime, timeit  # noqa: E402
 
-from xmr.ensemble import EnsembleRanker, ensemble_losses  # noqa: E402
+from xmr.models.ensemble import EnsembleRanker, ensemble_losses  # noqa: E402
 from xmr.models.ranker import ContextAwareRanker  # noqa: E402
 from xmr.utils.instantiate import instantiate  # noqa: E402
 

@@ -40,7 +40,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from xmr.data.store import FeatureStore
-from xmr.report import (
+from xmr.report.core import (
     BASELINE,
     DIRECTIONS,
     align_predictions,

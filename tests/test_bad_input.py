@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 from xmr.data.adapters import DatasetError, build_dataset
-from xmr.data.lists import ListsError, mine_lists
+from xmr.data.mining import ListsError, mine_lists
 from xmr.data.store import FeatureStore, write_store
 from xmr.data.synth import PRESETS, write_synthetic_store
 from xmr.train import train

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from xmr.data.datamodule import XMRDataModule, mining_tag, pair_features
-from xmr.data.lists import load_lists, mine_lists
+from xmr.data.mining import load_lists, mine_lists
 from xmr.data.store import FeatureStore
 
 

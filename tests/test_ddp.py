@@ -13,9 +13,9 @@ import pytest
 import torch.distributed as dist
 from _compose import make_cfg
 
-from xmr.data.lists import load_lists
+from xmr.data.mining import load_lists
 from xmr.data.store import FeatureStore
-from xmr.results import load_predictions
+from xmr.runs.results import load_predictions
 from xmr.train import train
 
 ROOT = Path(__file__).resolve().parents[1]

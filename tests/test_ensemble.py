@@ -14,19 +14,19 @@ from omegaconf import DictConfig, open_dict
 from torch.utils.data import DataLoader
 
 from xmr.data.datamodule import train_order_seed
-from xmr.ensemble import (
+from xmr.losses.lambdarank import LambdaRankLoss
+from xmr.losses.listnet import ListNetLoss
+from xmr.losses.neural_ndcg import NeuralNDCGLoss
+from xmr.losses.ranknet import RankNetLoss
+from xmr.models.ensemble import (
     EnsembleRanker,
     MemberBatches,
     clip_grad_norm_per_member,
     ensemble_losses,
 )
-from xmr.losses.lambdarank import LambdaRankLoss
-from xmr.losses.listnet import ListNetLoss
-from xmr.losses.neural_ndcg import NeuralNDCGLoss
-from xmr.losses.ranknet import RankNetLoss
 from xmr.models.ranker import ContextAwareRanker
-from xmr.report import collect, table
-from xmr.results import load_predictions
+from xmr.report.core import collect, table
+from xmr.runs.results import load_predictions
 from xmr.train import train
 from xmr.train_ensemble import member_configs, train_ensemble
 from xmr.utils.instantiate import ConfigError

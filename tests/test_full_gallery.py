@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from xmr.data.store import FeatureStore, write_store
-from xmr.full_gallery import (
+from xmr.metrics.full_gallery import (
     FullGalleryError,
     evaluate_full_gallery,
     rerank_recall,
@@ -19,7 +19,7 @@ from xmr.full_gallery import (
 from xmr.metrics.zeroshot import full_gallery_recall, store_split_recall
 from xmr.models.baselines import VSEPPModel
 from xmr.models.ranker import ContextAwareRanker, CosineScorer
-from xmr.report import full_gallery_markdown, full_gallery_rows
+from xmr.report.core import full_gallery_markdown, full_gallery_rows
 
 
 def _cosine_nets(dim: int) -> dict[str, CosineScorer]:

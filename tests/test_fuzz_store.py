@@ -28,7 +28,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from xmr.data.lists import ListsError, mine_lists
+from xmr.data.mining import ListsError, mine_lists
 from xmr.data.store import (
     NORM_TOLERANCE,
     SPLITS,

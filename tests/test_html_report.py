@@ -13,8 +13,8 @@ from PIL import Image
 from test_report import tiny_sweep_root
 
 from xmr.data.store import FeatureStore, write_store
-from xmr.html_report import _StoreView
-from xmr.report import main
+from xmr.report.core import main
+from xmr.report.html import _StoreView
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CHROMIUM = shutil.which("chromium") or (

@@ -10,7 +10,7 @@ import pytest
 from _compose import make_cfg
 from omegaconf import open_dict
 
-from xmr.loggers import (
+from xmr.runs.loggers import (
     build_loggers,
     read_offline_run,
     results_table_rows,

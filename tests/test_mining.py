@@ -1,4 +1,4 @@
-"""Tests of xmr.data.lists: hard-negative mining and the validation of candidate lists.
+"""Tests of xmr.data.mining: hard-negative mining and the validation of candidate lists.
 
 All stores here are synthetic (random unit vectors written with ``write_store``), except the
 real-data test on the shared flickr8k-1k zero-shot-bridge store (skipped when absent).
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xmr.data.lists import (
+from xmr.data.mining import (
     CandidateLists,
     ListsError,
     MiningProblem,
@@ -349,7 +349,7 @@ def test_hygiene_check_built_into_mining(
     """A miner that let siblings into the pool is stopped before anything is written."""
     import dataclasses
 
-    import xmr.data.lists as lists_mod
+    import xmr.data.mining as lists_mod
 
     real_build = lists_mod.build_problem
 

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from omegaconf import DictConfig
 
-from xmr.report import (
+from xmr.report.core import (
     BASELINE,
     assign_rows,
     build_report,

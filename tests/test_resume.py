@@ -28,7 +28,7 @@ import torch
 from _compose import make_cfg
 from hydra import compose, initialize_config_dir
 
-from xmr.data.lists import mine_lists
+from xmr.data.mining import mine_lists
 from xmr.data.store import FeatureStore
 from xmr.data.synth import PRESETS, write_synthetic_store
 from xmr.train import train

@@ -7,7 +7,7 @@ import torch
 from _compose import make_cfg
 from omegaconf import OmegaConf
 
-from xmr.config import validate_config
+from xmr.utils.config import validate_config
 from xmr.utils.instantiate import ConfigError
 from xmr.utils.runtime import torch_runtime
 

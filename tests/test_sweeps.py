@@ -17,7 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 from test_report import job_cfg, tiny_sweep_root
 
-from xmr.results import finished_results
+from xmr.runs.results import finished_results
 from xmr.train import train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,11 +11,11 @@ import torch
 from _compose import make_cfg
 from omegaconf import DictConfig
 
-from xmr.data.lists import load_lists
+from xmr.data.mining import load_lists
 from xmr.data.store import FeatureStore, write_store
 from xmr.eval import evaluate
 from xmr.metrics.functional import recall_hit_at_k
-from xmr.results import load_predictions
+from xmr.runs.results import load_predictions
 from xmr.train import train
 from xmr.utils.instantiate import ConfigError, instantiate
 

@@ -25,8 +25,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "eval": ("xmr.eval", "main", "re-evaluate a run: run_dir=DIR [ckpt=FILE] [key=value ...]"),
     "extract": ("xmr.extract", "main", "encode images + captions with open_clip (Hydra)"),
-    "eval-zeroshot": ("xmr.zeroshot_cli", "main", "full-gallery Recall@K: store=DIR [split=test]"),
-    "report": ("xmr.report", "main", "collect results.json files into Table 2: ROOT [--out DIR]"),
+    "eval-zeroshot": ("xmr.zeroshot", "main", "full-gallery Recall@K: store=DIR [split=test]"),
+    "report": (
+        "xmr.report.core",
+        "main",
+        "collect results.json files into Table 2: ROOT [--out DIR]",
+    ),
 }
 
 

@@ -4,7 +4,7 @@
     xmr eval run_dir=... ckpt=/path/to/other.ckpt data.lists_dir=/other/lists
 
 Writes ``<out>/predictions_{t2i,i2t}.npz`` and ``<out>/eval_results.json`` (``out`` defaults to
-the run directory) in the formats of :mod:`xmr.results`. Overrides after ``run_dir`` apply on top
+the run directory) in the formats of :mod:`xmr.runs.results`. Overrides after ``run_dir`` apply on top
 of the run's own config (e.g. evaluate on lists mined with other options).
 """
 
@@ -18,9 +18,9 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from xmr.config import validate_config
 from xmr.data.datamodule import XMRDataModule
 from xmr.train import build_module, load_weights, run_method, test_record
+from xmr.utils.config import validate_config
 from xmr.utils.instantiate import instantiate
 from xmr.utils.io import atomic_write_json
 

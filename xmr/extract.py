@@ -45,7 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xmr.data.adapters import CaptionDataset, DatasetError, build_dataset
 from xmr.data.store import write_store
-from xmr.paths import CONF_DIR
+from xmr.utils.paths import CONF_DIR
 
 __all__ = ["ExtractError", "load_open_clip", "main", "run_extraction", "work_dir_for"]
 

@@ -17,10 +17,10 @@ import hydra
 from omegaconf import DictConfig
 
 from xmr.data.datamodule import prepare_store_and_lists
-from xmr.data.lists import mine_lists
+from xmr.data.mining import mine_lists
 from xmr.data.store import FeatureStore
-from xmr.paths import CONF_DIR
 from xmr.utils.instantiate import instantiate
+from xmr.utils.paths import CONF_DIR
 
 log = logging.getLogger(__name__)
 

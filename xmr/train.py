@@ -7,7 +7,7 @@
 
 A run's directory holds ``config.yaml`` (resolved), ``checkpoints/{best,last}.ckpt``,
 ``metrics.jsonl`` (per-epoch logged values), ``predictions_{t2i,i2t}.npz`` and ``results.json``
-(see :func:`xmr.results.write_results`). Starting the same command again resumes from
+(see :func:`xmr.runs.results.write_results`). Starting the same command again resumes from
 ``checkpoints/last.ckpt`` when the run did not finish.
 
 Reliability (tests/test_resume.py, tests/test_determinism.py):
@@ -21,7 +21,7 @@ Reliability (tests/test_resume.py, tests/test_determinism.py):
   success removes it. Under ``-m`` Hydra's basic launcher still runs the sweep's other jobs and
   exits non-zero at the end (it raises the first job error after the batch).
 - ``config.yaml`` and ``results.json`` hold the config with secrets scrubbed
-  (:func:`xmr.loggers.scrub_secrets`). Hydra's own ``.hydra/overrides.yaml`` records the command
+  (:func:`xmr.runs.loggers.scrub_secrets`). Hydra's own ``.hydra/overrides.yaml`` records the command
   line verbatim: pass W&B keys through the environment (``WANDB_API_KEY``), never as overrides.
 """
 
@@ -43,22 +43,22 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from xmr.config import validate_config
 from xmr.data.datamodule import XMRDataModule
 from xmr.data.store import FeatureStore
-from xmr.full_gallery import run_protocol
-from xmr.loggers import (
+from xmr.metrics.full_gallery import run_protocol
+from xmr.models.module import RankingModule, run_test_loop
+from xmr.runs.loggers import (
     build_loggers,
     finish_loggers,
     log_config,
     log_final_results,
     scrub_secrets,
 )
-from xmr.models.module import RankingModule, run_test_loop
-from xmr.paths import CONF_DIR
-from xmr.results import finished_results, method_name, write_predictions, write_results
+from xmr.runs.results import finished_results, method_name, write_predictions, write_results
+from xmr.utils.config import validate_config
 from xmr.utils.instantiate import ConfigError, instantiate
 from xmr.utils.io import atomic_write, atomic_write_json, atomic_write_text, remove_if_exists
+from xmr.utils.paths import CONF_DIR
 from xmr.utils.runtime import torch_runtime
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def build_module(cfg: DictConfig, dm: XMRDataModule) -> RankingModule:
 
 def run_method(cfg: DictConfig) -> str:
     """Row name of a run in reports: ``method`` when set; the model name for pairwise baselines
-    (``dcca``, ``cmpm``, ...); else :func:`xmr.results.method_name` (the loss for rankers), with
+    (``dcca``, ``cmpm``, ...); else :func:`xmr.runs.results.method_name` (the loss for rankers), with
     ``+cosine+product+absdiff``-style suffixes when the ranker uses interaction features."""
     if cfg.get("method"):
         return str(cfg.method)
@@ -451,7 +451,7 @@ def test_record(
     caller writes it."""
     merged = run_test_loop(module, dm, trainer, accelerator=accelerator)
     predictions = write_predictions(out, module.predictions) if save_predictions else {}
-    full, full_info = run_protocol(cfg, module.nets, dm.store)  # xmr.full_gallery
+    full, full_info = run_protocol(cfg, module.nets, dm.store)  # xmr.metrics.full_gallery
     merged.update(full)
     results = write_results(
         out,

@@ -8,7 +8,7 @@ Every member (loss, seed) gets its own run directory ``<output dir>/loss=<loss>,
 seed=<seed>`` run leaves: ``config.yaml`` (the member's config: the ensemble's, with its loss and
 seed), ``checkpoints/best.ckpt`` (its best-validation weights, loadable by ``xmr eval``),
 ``metrics.jsonl``, ``predictions_{t2i,i2t}.npz`` and ``results.json`` — so ``xmr report`` reads
-an ensemble's output unchanged. See :mod:`xmr.ensemble` for what stays per member and what is
+an ensemble's output unchanged. See :mod:`xmr.models.ensemble` for what stays per member and what is
 not supported. A rerun skips members whose ``results.json`` is complete; an interrupted ensemble
 starts its unfinished members from scratch (no mid-training resume).
 """
@@ -30,15 +30,20 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from xmr.data.datamodule import XMRDataModule
-from xmr.ensemble import EnsembleRanker, MemberBatches, clip_grad_norm_per_member, ensemble_losses
-from xmr.loggers import scrub_secrets
 from xmr.metrics.retrieval import ListRetrievalMetrics
+from xmr.models.ensemble import (
+    EnsembleRanker,
+    MemberBatches,
+    clip_grad_norm_per_member,
+    ensemble_losses,
+)
 from xmr.models.module import RSUM_KS, RankingModule
 from xmr.models.ranker import ContextAwareRanker
-from xmr.paths import CONF_DIR
+from xmr.runs.loggers import scrub_secrets
 from xmr.train import build_module, output_dir_of, test_record
 from xmr.utils.instantiate import ConfigError, instantiate
 from xmr.utils.io import atomic_write, atomic_write_json, atomic_write_text
+from xmr.utils.paths import CONF_DIR
 from xmr.utils.runtime import torch_runtime
 
 log = logging.getLogger(__name__)
@@ -48,7 +53,7 @@ log = logging.getLogger(__name__)
 def _loss_choice(cfg: DictConfig) -> str | None:
     if HydraConfig.initialized():
         return HydraConfig.get().runtime.choices.get("loss")
-    from xmr.results import method_name
+    from xmr.runs.results import method_name
 
     return method_name(cfg)
 
@@ -200,7 +205,7 @@ def train_ensemble(cfg: DictConfig) -> list[dict[str, Any]]:
     """Train every member of ``cfg.ensemble`` at once; returns their results (in member order).
 
     Members whose run directory already holds a complete ``results.json`` for the same config
-    are skipped (:func:`xmr.results.finished_results`), as sweeps do.
+    are skipped (:func:`xmr.runs.results.finished_results`), as sweeps do.
     """
     with torch_runtime(cfg):
         return _train_ensemble(cfg)
@@ -210,7 +215,7 @@ def _train_ensemble(cfg: DictConfig) -> list[dict[str, Any]]:
     _check_supported(cfg)
     members = member_configs(cfg)
     try:
-        from xmr.results import finished_results
+        from xmr.runs.results import finished_results
     except ImportError:  # pragma: no cover
         finished_results = None  # type: ignore[assignment]
     done: dict[int, dict[str, Any]] = {}

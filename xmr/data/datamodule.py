@@ -33,7 +33,7 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from xmr.data.lists import load_lists, mine_lists
+from xmr.data.mining import load_lists, mine_lists
 from xmr.data.store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class XMRDataModule(L.LightningDataModule):
         direction: ``t2i`` (caption → images), ``i2t`` (image → captions) or ``both``.
         synth: when set and ``store`` does not exist, ``prepare_data`` generates a synthetic
             store with these options (``preset``, ``seed`` and any ``SynthConfig`` field).
-        mining: options of :func:`xmr.data.lists.mine_lists`; used by ``prepare_data`` when
+        mining: options of :func:`xmr.data.mining.mine_lists`; used by ``prepare_data`` when
             ``lists_dir`` holds no lists yet.
         batch_size / eval_batch_size: lists per training / evaluation batch.
         num_workers: DataLoader workers (0 = gather in the main process; gathering is cheap).
@@ -302,7 +302,7 @@ class XMRDataModule(L.LightningDataModule):
 
 def train_order_seed(seed: int, direction: str) -> int:
     """Seed of the shuffling generator of ``direction``'s training lists in a run seeded ``seed``
-    (also used by :mod:`xmr.ensemble`, whose members replay the same order)."""
+    (also used by :mod:`xmr.models.ensemble`, whose members replay the same order)."""
     return (int(seed) * 1_000_003 + 7919 * (1 + DIRECTIONS.index(direction))) % (2**63)
 
 

@@ -23,7 +23,7 @@ are listed in a section of their own and counted in the ``runs`` column (``4 of 
 
 Files written to ``--out`` (default ROOT): ``table.md`` (table, significance, failed/missing
 jobs), ``table.csv``, ``table.tex``, ``significance.csv``, ``recall_at_k.png``,
-``validation_curves.png`` and ``report.html`` (self-contained, see :mod:`xmr.html_report`).
+``validation_curves.png`` and ``report.html`` (self-contained, see :mod:`xmr.report.html`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from xmr.results import flatten_config
+from xmr.runs.results import flatten_config
 from xmr.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def _method_of_config(config: dict[str, Any] | None) -> str:
     try:
         from omegaconf import OmegaConf
 
-        from xmr.results import method_name
+        from xmr.runs.results import method_name
 
         return method_name(OmegaConf.create(config))
     except Exception:  # a broken config still gets listed
@@ -418,7 +418,7 @@ _PRED_CACHE: dict[str, dict[str, np.ndarray]] = {}
 
 def run_predictions(run: dict[str, Any], direction: str) -> dict[str, np.ndarray] | None:
     """The predictions arrays of ``run`` for ``direction`` (cached), or None if it has none."""
-    from xmr.results import load_predictions
+    from xmr.runs.results import load_predictions
 
     name = (run.get("predictions") or {}).get(direction)
     if not name:
@@ -730,7 +730,7 @@ def histories(rows: dict[str, dict[str, Any]]) -> dict[str, list[list[dict[str, 
 def full_gallery_rows(
     rows: dict[str, dict[str, Any]], ks: tuple[int, ...] = (1, 5, 10)
 ) -> dict[str, dict[str, Any]]:
-    """The rows of :func:`table` under the full-gallery protocol (:mod:`xmr.full_gallery`):
+    """The rows of :func:`table` under the full-gallery protocol (:mod:`xmr.metrics.full_gallery`):
     row → {"n", "top_k": [K...], "first_stage": [...], "skipped": n, "<dir>/R@K": (mean %, std
     %), "<dir>/first/R@K": first stage alone}. Rows whose runs carry no ``test_full/`` keys are
     left out."""
@@ -925,7 +925,7 @@ def write_report(
         ),
     }
     if plots:
-        from xmr.plots import plot_recall_curves, plot_validation_curves
+        from xmr.report.plots import plot_recall_curves, plot_validation_curves
 
         if report.curves:
             written["recall_at_k.png"] = plot_recall_curves(
@@ -936,7 +936,7 @@ def write_report(
                 report.histories, out / "validation_curves.png", report.synthetic
             )
     if html:
-        from xmr.html_report import write_html
+        from xmr.report.html import write_html
 
         written["report.html"] = write_html(
             report, out / "report.html", images=images, plots=written, gallery=gallery

@@ -28,7 +28,7 @@ import numpy as np
 from xmr.utils.io import atomic_write_text
 
 if TYPE_CHECKING:
-    from xmr.report import Report
+    from xmr.report.core import Report
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def _fmt(ms: tuple[float, float] | None) -> str:
 
 
 def table_html(report: Report) -> str:
-    from xmr.report import DIRECTIONS, _caption, _runs_cell
+    from xmr.report.core import DIRECTIONS, _caption, _runs_cell
 
     ks = report.ks
     head = "".join(
@@ -173,7 +173,7 @@ def table_html(report: Report) -> str:
 
 
 def significance_html(report: Report) -> str:
-    from xmr.report import _p, significance_caption
+    from xmr.report.core import _p, significance_caption
 
     if not report.significance:
         return "<p>No CLIP-cosine baseline with predictions files: no significance test.</p>"
@@ -200,7 +200,7 @@ def significance_html(report: Report) -> str:
 
 
 def unfinished_html(report: Report) -> str:
-    from xmr.report import error_summary
+    from xmr.report.core import error_summary
 
     if not report.unfinished:
         return "<p>None: every job finished.</p>"
@@ -218,7 +218,7 @@ def unfinished_html(report: Report) -> str:
 
 def _gallery_pair(report: Report, direction: str) -> tuple[str, dict, dict] | None:
     """(ranker row name, ranker run, cosine run) for the gallery of ``direction``."""
-    from xmr.report import BASELINE, run_predictions
+    from xmr.report.core import BASELINE, run_predictions
 
     def first_run(row: dict[str, Any]) -> dict[str, Any] | None:
         runs = [r for r in row["runs"] if run_predictions(r, direction) is not None]
@@ -237,7 +237,7 @@ def _gallery_pair(report: Report, direction: str) -> tuple[str, dict, dict] | No
 
 
 def gallery_html(report: Report, images: str | Path | None, n: int = 6, seed: int = 0) -> str:
-    from xmr.report import align_predictions, run_predictions
+    from xmr.report.core import align_predictions, run_predictions
 
     parts = []
     views: dict[str, _StoreView] = {}
@@ -314,7 +314,7 @@ def render_html(
     gallery: int = 6,
 ) -> str:
     """The page as a string (see the module docstring)."""
-    from xmr.report import recall_definition
+    from xmr.report.core import recall_definition
 
     plots = plots or {}
     banner = (

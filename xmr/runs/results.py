@@ -42,6 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xmr.data.store import FeatureStore
 from xmr.utils.io import atomic_write, atomic_write_json
+from xmr.utils.paths import CONF_DIR
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def method_name(cfg: DictConfig) -> str:
             return str(choice)
     # Outside a Hydra app (compose API): the conf/loss option whose content this loss matches.
     loss = OmegaConf.to_container(cfg.loss, resolve=True)
-    options = sorted((Path(__file__).resolve().parents[1] / "conf" / "loss").glob("*.yaml"))
+    options = sorted((Path(CONF_DIR) / "loss").glob("*.yaml"))
     for path in options:
         if OmegaConf.to_container(OmegaConf.load(path), resolve=True) == loss:
             return path.stem
@@ -200,7 +201,7 @@ def finished_results(out: str | Path, cfg: DictConfig) -> dict[str, Any] | None:
     try:
         plain = OmegaConf.to_container(cfg, resolve=True)
         try:  # results.json holds the config with secrets scrubbed: compare like with like
-            from xmr.loggers import scrub_secrets
+            from xmr.runs.loggers import scrub_secrets
 
             plain = scrub_secrets(plain)
         except ImportError:  # pragma: no cover

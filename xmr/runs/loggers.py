@@ -156,7 +156,7 @@ def run_names(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[s
 
     ``overrides`` defaults to Hydra's task overrides (the command line) when Hydra is running.
     """
-    from xmr.results import method_name
+    from xmr.runs.results import method_name
 
     overrides = list(overrides) if overrides is not None else (_hydra_overrides() or [])
     data_name = str(cfg.data.get("name", "data"))

@@ -1,7 +1,7 @@
 """PNG plots for ``xmr report`` (matplotlib, Agg backend: no display needed).
 
 * :func:`plot_recall_curves` — mean Recall@K for K = 1..50 per row, one panel per direction,
-  computed from the runs' test predictions files (:func:`xmr.report.recall_curves`).
+  computed from the runs' test predictions files (:func:`xmr.report.core.recall_curves`).
 * :func:`plot_validation_curves` — validation values over epochs from each run's
   ``metrics.jsonl`` (:class:`xmr.callbacks.history.MetricsHistoryCallback`): ``val/rsum`` and
   ``val/{dir}/recall@1``; a thin line per run (seed), a thick one for the mean over runs.
