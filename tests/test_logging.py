@@ -15,10 +15,10 @@ from xmr.runs.loggers import (
     read_offline_run,
     results_table_rows,
     run_names,
-    scrub_secrets,
     wandb_mode,
 )
 from xmr.train import train
+from xmr.utils.secrets import scrub_secrets
 
 pytest.importorskip("wandb")
 

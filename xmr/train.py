@@ -21,7 +21,7 @@ Reliability (tests/test_resume.py, tests/test_determinism.py):
   success removes it. Under ``-m`` Hydra's basic launcher still runs the sweep's other jobs and
   exits non-zero at the end (it raises the first job error after the batch).
 - ``config.yaml`` and ``results.json`` hold the config with secrets scrubbed
-  (:func:`xmr.runs.loggers.scrub_secrets`). Hydra's own ``.hydra/overrides.yaml`` records the command
+  (:func:`xmr.utils.secrets.scrub_secrets`). Hydra's own ``.hydra/overrides.yaml`` records the command
   line verbatim: pass W&B keys through the environment (``WANDB_API_KEY``), never as overrides.
 """
 
@@ -52,7 +52,6 @@ from xmr.runs.loggers import (
     finish_loggers,
     log_config,
     log_final_results,
-    scrub_secrets,
 )
 from xmr.runs.results import finished_results, method_name, write_predictions, write_results
 from xmr.utils.config import validate_config
@@ -60,6 +59,7 @@ from xmr.utils.instantiate import ConfigError, instantiate
 from xmr.utils.io import atomic_write, atomic_write_json, atomic_write_text, remove_if_exists
 from xmr.utils.paths import CONF_DIR
 from xmr.utils.runtime import torch_runtime
+from xmr.utils.secrets import scrub_secrets
 
 log = logging.getLogger(__name__)
 

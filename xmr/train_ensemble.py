@@ -39,12 +39,12 @@ from xmr.models.ensemble import (
 )
 from xmr.models.module import RSUM_KS, RankingModule
 from xmr.models.ranker import ContextAwareRanker
-from xmr.runs.loggers import scrub_secrets
 from xmr.train import build_module, output_dir_of, test_record
 from xmr.utils.instantiate import ConfigError, instantiate
 from xmr.utils.io import atomic_write, atomic_write_json, atomic_write_text
 from xmr.utils.paths import CONF_DIR
 from xmr.utils.runtime import torch_runtime
+from xmr.utils.secrets import scrub_secrets
 
 log = logging.getLogger(__name__)
 

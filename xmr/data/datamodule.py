@@ -34,11 +34,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from xmr.data.mining import load_lists, mine_lists
-from xmr.data.store import FeatureStore
+from xmr.data.store import DIRECTIONS, FeatureStore
 
 log = logging.getLogger(__name__)
-
-DIRECTIONS: tuple[str, ...] = ("t2i", "i2t")
 
 
 def pair_features(q: Tensor, c: Tensor) -> Tensor:

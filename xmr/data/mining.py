@@ -67,13 +67,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from xmr.data.store import SPLITS
+from xmr.data.store import DIRECTIONS, SPLITS
 
 if TYPE_CHECKING:  # pragma: no cover
     from xmr.data.store import FeatureStore
 
 LISTS_FORMAT = "xmr-lists/1"
-DIRECTIONS: tuple[str, ...] = ("t2i", "i2t")
 SPLIT_CODES: dict[str, int] = dict(SPLITS)
 STRATEGIES: tuple[str, ...] = ("hard", "random")
 RNG_BLOCK = 256  # queries per RNG stream (and per compute chunk); part of the output's definition

@@ -53,6 +53,15 @@ __all__ = [
 
 FORMAT = "xmr-features/1"
 SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
+#: The two retrieval directions, in this order everywhere: t2i = a caption queries the images,
+#: i2t = an image queries the captions.
+DIRECTIONS: tuple[str, ...] = ("t2i", "i2t")
+#: The order of the paper's tables (text retrieval first), for reports and logged tables.
+TABLE_ORDER: tuple[str, ...] = ("i2t", "t2i")
+DIRECTION_TITLES: dict[str, str] = {
+    "i2t": "text retrieval (image → text)",
+    "t2i": "image retrieval (text → image)",
+}
 REQUIRED_SPLITS = ("train", "test")
 #: Largest allowed | ||x||_2 - 1 | for a row of a ``normalized: true`` store. float16 rounding of
 #: a unit vector moves its norm by at most ~5e-4, so 1e-2 accepts any honest fp16 store.

@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xmr.data.store import DIRECTIONS
+
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
-DIRECTIONS = ("t2i", "i2t")
 
 
 # -- losses as pure functions (tested against hand computations) -----------------------------------

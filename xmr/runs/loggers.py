@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import netrc
 import os
-import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,15 +35,12 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from xmr.data.store import TABLE_ORDER
 from xmr.utils.instantiate import buildable, instantiate
+from xmr.utils.secrets import scrub_secrets
 
-#: Keys whose values are never logged (matched case-insensitively against the key's last part).
-SECRET_KEY_PATTERN = re.compile(
-    r"(api[_-]?key|apikey|token|secret|password|passwd|credential)", re.I
-)
 #: Overrides that do not define a setting (seed varies inside a group; the others manage runs).
 GROUP_EXCLUDED_KEYS = ("seed", "resume", "threads", "trainer.enable_progress_bar", "hydra.verbose")
-DIRECTIONS = ("i2t", "t2i")
 
 
 def _netrc_has_entry(host: str) -> bool:
@@ -109,25 +105,6 @@ def make_wandb_logger(
         tags=list(tags),
         **kwargs,
     )
-
-
-def scrub_secrets(node: Any) -> Any:
-    """A copy of a (nested) mapping/list with the values of secret-looking keys replaced by ``***``.
-
-    A key is secret when its name contains api_key/apikey/token/secret/password/credential; a
-    string value equal to the ``WANDB_API_KEY`` environment value is scrubbed wherever it appears.
-    """
-    env_key = os.environ.get("WANDB_API_KEY")
-    if isinstance(node, Mapping):
-        return {
-            k: ("***" if SECRET_KEY_PATTERN.search(str(k)) else scrub_secrets(v))
-            for k, v in node.items()
-        }
-    if isinstance(node, (list, tuple)):
-        return [scrub_secrets(v) for v in node]
-    if isinstance(node, str) and env_key and env_key in node:
-        return node.replace(env_key, "***")
-    return node
 
 
 def _hydra_overrides() -> list[str] | None:
@@ -228,7 +205,7 @@ def results_table_rows(
     """Columns and rows of the final test table: one row per direction, R@K in percent."""
     columns = ["method", "seed", "direction", *[f"R@{k}" for k in ks], "ndcg@10", "mrr"]
     rows = []
-    for direction in DIRECTIONS:
+    for direction in TABLE_ORDER:
         if f"test/{direction}/recall@{ks[0]}" not in results:
             continue
         row: list[Any] = [results.get("method"), results.get("seed"), direction]

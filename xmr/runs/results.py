@@ -43,6 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 from xmr.data.store import FeatureStore
 from xmr.utils.io import atomic_write, atomic_write_json
 from xmr.utils.paths import CONF_DIR
+from xmr.utils.secrets import scrub_secrets
 
 log = logging.getLogger(__name__)
 
@@ -200,12 +201,7 @@ def finished_results(out: str | Path, cfg: DictConfig) -> dict[str, Any] | None:
         return None
     try:
         plain = OmegaConf.to_container(cfg, resolve=True)
-        try:  # results.json holds the config with secrets scrubbed: compare like with like
-            from xmr.runs.loggers import scrub_secrets
-
-            plain = scrub_secrets(plain)
-        except ImportError:  # pragma: no cover
-            pass
+        plain = scrub_secrets(plain)  # results.json holds it scrubbed: compare like with like
         current = _comparable(plain)  # type: ignore[arg-type]
     except Exception as err:  # an unresolvable interpolation: cannot prove it is the same job
         log.warning("%s: config does not resolve (%s); running the job again", path, err)
