@@ -12,7 +12,8 @@ from _compose import make_cfg
 
 from xmr.data.store import write_store
 from xmr.models.ranker import ContextAwareRanker, interaction_features
-from xmr.train import build_module, run_method, train
+from xmr.runs.naming import run_method
+from xmr.train import build_module, train
 from xmr.utils.instantiate import ConfigError, instantiate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -19,7 +19,8 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from xmr.data.datamodule import XMRDataModule
-from xmr.train import build_module, load_weights, run_method, test_record
+from xmr.runs.naming import run_method
+from xmr.train import build_module, load_weights, test_record
 from xmr.utils.config import validate_config
 from xmr.utils.instantiate import instantiate
 from xmr.utils.io import atomic_write_json

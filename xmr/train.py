@@ -53,7 +53,8 @@ from xmr.runs.loggers import (
     log_config,
     log_final_results,
 )
-from xmr.runs.results import finished_results, method_name, write_predictions, write_results
+from xmr.runs.naming import run_method
+from xmr.runs.results import finished_results, write_predictions, write_results
 from xmr.utils.config import validate_config
 from xmr.utils.instantiate import ConfigError, instantiate
 from xmr.utils.io import atomic_write, atomic_write_json, atomic_write_text, remove_if_exists
@@ -111,19 +112,6 @@ def build_module(cfg: DictConfig, dm: XMRDataModule) -> RankingModule:
         scheduler=instantiate(cfg.scheduler, where="scheduler") if cfg.get("scheduler") else None,
         ks=cfg.get("ks", (1, 5, 10)),
     )
-
-
-def run_method(cfg: DictConfig) -> str:
-    """Row name of a run in reports: ``method`` when set; the model name for pairwise baselines
-    (``dcca``, ``cmpm``, ...); else :func:`xmr.runs.results.method_name` (the loss for rankers), with
-    ``+cosine+product+absdiff``-style suffixes when the ranker uses interaction features."""
-    if cfg.get("method"):
-        return str(cfg.method)
-    if cfg.model.get("pairwise", False):
-        return str(cfg.model.get("name", "pair_baseline"))
-    name = method_name(cfg)
-    inter = list(cfg.model.get("net", {}).get("interaction") or [])
-    return name + "".join(f"+{n}" for n in inter) if cfg.model.get("trainable", True) else name
 
 
 def load_weights(module: torch.nn.Module, ckpt: Path) -> None:

@@ -39,6 +39,7 @@ from xmr.models.ensemble import (
 )
 from xmr.models.module import RSUM_KS, RankingModule
 from xmr.models.ranker import ContextAwareRanker
+from xmr.runs.naming import method_name
 from xmr.train import build_module, output_dir_of, test_record
 from xmr.utils.instantiate import ConfigError, instantiate
 from xmr.utils.io import atomic_write, atomic_write_json, atomic_write_text
@@ -53,8 +54,6 @@ log = logging.getLogger(__name__)
 def _loss_choice(cfg: DictConfig) -> str | None:
     if HydraConfig.initialized():
         return HydraConfig.get().runtime.choices.get("loss")
-    from xmr.runs.results import method_name
-
     return method_name(cfg)
 
 

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from xmr.runs.naming import method_of_config
 from xmr.runs.results import flatten_config
 from xmr.utils.io import atomic_write_text
 
@@ -152,24 +153,11 @@ def collect_unfinished(root: str | Path) -> list[dict[str, Any]]:
                 "status": "failed" if failed.is_file() else "missing",
                 "error": error,
                 "config": config,
-                "method": _method_of_config(config),
+                "method": method_of_config(config),
                 "seed": (config or {}).get("seed"),
             }
         )
     return jobs
-
-
-def _method_of_config(config: dict[str, Any] | None) -> str:
-    if not config:
-        return "unknown"
-    try:
-        from omegaconf import OmegaConf
-
-        from xmr.runs.results import method_name
-
-        return method_name(OmegaConf.create(config))
-    except Exception:  # a broken config still gets listed
-        return "unknown"
 
 
 def _short_key(key: str) -> str:

@@ -36,6 +36,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from xmr.data.store import TABLE_ORDER
+from xmr.runs.naming import method_name
 from xmr.utils.instantiate import buildable, instantiate
 from xmr.utils.secrets import scrub_secrets
 
@@ -133,8 +134,6 @@ def run_names(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[s
 
     ``overrides`` defaults to Hydra's task overrides (the command line) when Hydra is running.
     """
-    from xmr.runs.results import method_name
-
     overrides = list(overrides) if overrides is not None else (_hydra_overrides() or [])
     data_name = str(cfg.data.get("name", "data"))
     method = method_name(cfg)

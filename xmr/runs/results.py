@@ -32,45 +32,19 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from xmr.data.store import FeatureStore
 from xmr.utils.io import atomic_write, atomic_write_json
-from xmr.utils.paths import CONF_DIR
 from xmr.utils.secrets import scrub_secrets
 
 log = logging.getLogger(__name__)
 
 RESULTS_FORMAT = "xmr-results/1"
-
-
-def method_name(cfg: DictConfig) -> str:
-    """The row name of a run in reports: the loss for trainable rankers, else the model name."""
-    if cfg.get("method"):
-        return str(cfg.method)
-    if not cfg.model.get("trainable", True):
-        return str(cfg.model.get("name", "scorer"))
-    if HydraConfig.initialized():
-        choice = HydraConfig.get().runtime.choices.get("loss")
-        if choice:
-            return str(choice)
-    # Outside a Hydra app (compose API): the conf/loss option whose content this loss matches.
-    loss = OmegaConf.to_container(cfg.loss, resolve=True)
-    options = sorted((Path(CONF_DIR) / "loss").glob("*.yaml"))
-    for path in options:
-        if OmegaConf.to_container(OmegaConf.load(path), resolve=True) == loss:
-            return path.stem
-    for path in options:  # same loss class, other hyper-parameters
-        if OmegaConf.load(path).get("_target_") == loss.get("_target_"):  # type: ignore[union-attr]
-            return path.stem
-    target = str(loss.get("_target_", "loss")).rsplit(".", 1)[-1]  # type: ignore[union-attr]
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", target.removesuffix("Loss")).lower()
 
 
 def write_predictions(out: Path, predictions: dict[str, dict[str, np.ndarray]]) -> dict[str, str]:

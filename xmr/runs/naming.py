@@ -1,0 +1,72 @@
+"""The method name of a run: the ``method`` field of its ``results.json`` and its row in
+``xmr report``.
+
+* :func:`method_name` — ``method`` when set; the model name of a fixed scorer; else the loss (the
+  ``conf/loss`` option chosen, or the one whose content matches the run's loss).
+* :func:`run_method` — the name a run records in ``results.json`` (``xmr train``, ``xmr eval``):
+  :func:`method_name`, except that pairwise baselines are named by their model and rankers with
+  interaction features get ``+cosine+product``-style suffixes.
+* :func:`method_of_config` — :func:`method_name` of a plain config mapping (a job's
+  ``config.yaml`` or ``failed.json``), ``"unknown"`` when the config is absent or broken.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from xmr.utils.paths import CONF_DIR
+
+UNKNOWN = "unknown"
+
+
+def method_name(cfg: DictConfig) -> str:
+    """The row name of a run in reports: the loss for trainable rankers, else the model name."""
+    if cfg.get("method"):
+        return str(cfg.method)
+    if not cfg.model.get("trainable", True):
+        return str(cfg.model.get("name", "scorer"))
+    if HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get("loss")
+        if choice:
+            return str(choice)
+    # Outside a Hydra app (compose API): the conf/loss option whose content this loss matches.
+    loss = OmegaConf.to_container(cfg.loss, resolve=True)
+    options = sorted((Path(CONF_DIR) / "loss").glob("*.yaml"))
+    for path in options:
+        if OmegaConf.to_container(OmegaConf.load(path), resolve=True) == loss:
+            return path.stem
+    for path in options:  # same loss class, other hyper-parameters
+        if OmegaConf.load(path).get("_target_") == loss.get("_target_"):  # type: ignore[union-attr]
+            return path.stem
+    target = str(loss.get("_target_", "loss")).rsplit(".", 1)[-1]  # type: ignore[union-attr]
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", target.removesuffix("Loss")).lower()
+
+
+def run_method(cfg: DictConfig) -> str:
+    """Row name of a run in reports: ``method`` when set; the model name for pairwise baselines
+    (``dcca``, ``cmpm``, ...); else :func:`method_name` (the loss for rankers), with
+    ``+cosine+product+absdiff``-style suffixes when the ranker uses interaction features."""
+    if cfg.get("method"):
+        return str(cfg.method)
+    if cfg.model.get("pairwise", False):
+        return str(cfg.model.get("name", "pair_baseline"))
+    name = method_name(cfg)
+    inter = list(cfg.model.get("net", {}).get("interaction") or [])
+    return name + "".join(f"+{n}" for n in inter) if cfg.model.get("trainable", True) else name
+
+
+def method_of_config(config: Mapping[str, Any] | None) -> str:
+    """:func:`method_name` of a plain (resolved) config mapping; :data:`UNKNOWN` when ``config``
+    is empty or too broken to name (a failed job is still listed)."""
+    if not config:
+        return UNKNOWN
+    try:
+        return method_name(OmegaConf.create(dict(config)))
+    except Exception:  # noqa: BLE001 - a broken config still gets listed
+        return UNKNOWN
