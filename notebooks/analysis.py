@@ -39,16 +39,12 @@ if "ipykernel" not in sys.modules:  # run as a script: headless
 import matplotlib.pyplot as plt
 import numpy as np
 
-from xmr.data.store import FeatureStore
-from xmr.report.core import (
-    BASELINE,
-    DIRECTIONS,
-    align_predictions,
-    build_report,
-    run_predictions,
-    significance_markdown,
-    to_markdown,
-)
+from xmr.data.store import DIRECTION_TITLES, TABLE_ORDER, FeatureStore
+from xmr.report.cli import build_report
+from xmr.report.collect import run_predictions
+from xmr.report.render import significance_markdown, to_markdown
+from xmr.report.significance import align_predictions
+from xmr.report.table import BASELINE
 
 REPORT_DIR = Path(os.environ.get("XMR_REPORT_DIR", "logs/demo"))
 OUT_DIR = Path(os.environ.get("XMR_NOTEBOOK_OUT", REPORT_DIR))
@@ -72,13 +68,13 @@ for job in report.unfinished:
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-for ax, (direction, title) in zip(axes, DIRECTIONS, strict=True):
+for ax, direction in zip(axes, TABLE_ORDER, strict=True):
     for name, per_dir in report.curves.items():
         if direction in per_dir:
             curve = per_dir[direction]
             style = "--" if name.startswith(BASELINE) else "-"
             ax.plot(np.arange(1, len(curve) + 1), 100 * curve, style, label=name)
-    ax.set_title(title)
+    ax.set_title(DIRECTION_TITLES[direction])
     ax.set_xscale("log")
     ax.set_xlabel("K")
     ax.grid(alpha=0.3)
@@ -113,7 +109,7 @@ def describe(store: FeatureStore | None, item: int, kind: str) -> str:
 
 
 analysis = {}
-for direction, title in DIRECTIONS:
+for direction in TABLE_ORDER:
     rankers = [
         (row.get(f"{direction}/R@1", (-1.0, 0.0))[0], name, row)
         for name, row in report.rows.items()
@@ -142,7 +138,9 @@ for direction, title in DIRECTIONS:
             print(f"store {store_path} not readable here: {err}")
     store = stores.get(store_path)
     q_kind, c_kind = ("text", "image") if direction == "t2i" else ("image", "text")
-    print(f"\n== {direction} ({title}): {name} (seed {run.get('seed')}) vs CLIP cosine")
+    print(
+        f"\n== {direction} ({DIRECTION_TITLES[direction]}): {name} (seed {run.get('seed')}) vs CLIP cosine"
+    )
     print(
         f"queries: {len(a)}; both right {int((ranker_ok & cosine_ok).sum())}, "
         f"ranker fixes {len(fixes)}, ranker breaks {len(breaks)}, "

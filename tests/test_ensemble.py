@@ -25,7 +25,8 @@ from xmr.models.ensemble import (
     ensemble_losses,
 )
 from xmr.models.ranker import ContextAwareRanker
-from xmr.report.core import collect, table
+from xmr.report.collect import collect
+from xmr.report.table import table
 from xmr.runs.results import load_predictions
 from xmr.train import train
 from xmr.train_ensemble import member_configs, train_ensemble

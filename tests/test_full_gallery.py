@@ -19,7 +19,8 @@ from xmr.metrics.full_gallery import (
 from xmr.metrics.zeroshot import full_gallery_recall, store_split_recall
 from xmr.models.baselines import VSEPPModel
 from xmr.models.ranker import ContextAwareRanker, CosineScorer
-from xmr.report.core import full_gallery_markdown, full_gallery_rows
+from xmr.report.render import full_gallery_markdown
+from xmr.report.table import full_gallery_rows
 
 
 def _cosine_nets(dim: int) -> dict[str, CosineScorer]:

@@ -13,8 +13,8 @@ from PIL import Image
 from test_report import tiny_sweep_root
 
 from xmr.data.store import FeatureStore, write_store
-from xmr.report.core import main
-from xmr.report.html import _StoreView
+from xmr.report.cli import main
+from xmr.report.html import StoreView
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CHROMIUM = shutil.which("chromium") or (
@@ -132,7 +132,7 @@ def test_thumbnails_from_the_shared_real_photos(tmp_path: Path) -> None:
         encoder={"name": "test"},
         joint_space=True,
     )
-    view = _StoreView(str(tmp_path / "store"), folder)
+    view = StoreView(str(tmp_path / "store"), folder)
     uri = view.thumbnail(3)
     assert uri is not None and uri.startswith("data:image/jpeg;base64,")
     import base64
@@ -144,4 +144,4 @@ def test_thumbnails_from_the_shared_real_photos(tmp_path: Path) -> None:
             original.size[0] / original.size[1], rel=0.05
         )
     assert "<img" in view.image_html(3) and names[3] in view.image_html(3)
-    assert _StoreView(str(tmp_path / "store"), None).thumbnail(3) is None
+    assert StoreView(str(tmp_path / "store"), None).thumbnail(3) is None

@@ -21,17 +21,11 @@ import pytest
 import yaml
 from omegaconf import DictConfig
 
-from xmr.report.core import (
-    BASELINE,
-    assign_rows,
-    build_report,
-    main,
-    paired_bootstrap,
-    per_query_recall,
-    recall_curve,
-    significance,
-    table,
-)
+from xmr.report.cli import build_report, main
+from xmr.report.collect import assign_rows
+from xmr.report.curves import recall_curve
+from xmr.report.significance import paired_bootstrap, per_query_recall, significance
+from xmr.report.table import BASELINE, table
 
 REPO = Path(__file__).resolve().parents[1]
 LOSSES = ("listnet", "ranknet")

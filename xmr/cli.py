@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "extract": ("xmr.extract", "main", "encode images + captions with open_clip (Hydra)"),
     "eval-zeroshot": ("xmr.zeroshot", "main", "full-gallery Recall@K: store=DIR [split=test]"),
     "report": (
-        "xmr.report.core",
+        "xmr.report.cli",
         "main",
         "collect results.json files into Table 2: ROOT [--out DIR]",
     ),

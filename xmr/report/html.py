@@ -21,14 +21,23 @@ import io
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from xmr.data.store import TABLE_ORDER, FeatureStore
+from xmr.report.collect import run_predictions
+from xmr.report.render import (
+    direction_heading,
+    error_summary,
+    format_p,
+    runs_cell,
+    significance_caption,
+    table_caption,
+)
+from xmr.report.significance import align_predictions
+from xmr.report.table import BASELINE, Report, recall_definition
 from xmr.utils.io import atomic_write_text
-
-if TYPE_CHECKING:
-    from xmr.report.core import Report
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +82,11 @@ def data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
-class _StoreView:
+class StoreView:
     """Texts and thumbnails of a store's items (what the gallery shows for an id)."""
 
     def __init__(self, store_path: str | None, images: str | Path | None) -> None:
         """``store_path``: the store's directory (``""``/None: ids only); ``images``: photos."""
-        from xmr.data.store import FeatureStore
-
         self.store = None
         self.images_dir = Path(images) if images else None
         self._thumbs: dict[int, str | None] = {}
@@ -150,22 +157,15 @@ def _fmt(ms: tuple[float, float] | None) -> str:
 
 
 def table_html(report: Report) -> str:
-    from xmr.report.core import DIRECTIONS, _caption, _runs_cell
-
     ks = report.ks
-    head = "".join(
-        f'<th colspan="{len(ks)}">{"Text retrieval (i→t)" if d == "i2t" else "Image retrieval (t→i)"}</th>'
-        for d, _ in DIRECTIONS
-    )
-    sub = "".join(f"<th>R@{k}</th>" for _ in DIRECTIONS for k in ks)
+    head = "".join(f'<th colspan="{len(ks)}">{direction_heading(d)}</th>' for d in TABLE_ORDER)
+    sub = "".join(f"<th>R@{k}</th>" for _ in TABLE_ORDER for k in ks)
     body = []
     for name, row in report.rows.items():
-        cells = "".join(
-            f"<td>{_fmt(row.get(f'{d}/R@{k}'))}</td>" for d, _ in DIRECTIONS for k in ks
-        )
-        body.append(f"<tr><td>{_e(name)}</td><td>{_e(_runs_cell(row))}</td>{cells}</tr>")
+        cells = "".join(f"<td>{_fmt(row.get(f'{d}/R@{k}'))}</td>" for d in TABLE_ORDER for k in ks)
+        body.append(f"<tr><td>{_e(name)}</td><td>{_e(runs_cell(row))}</td>{cells}</tr>")
     return (
-        f'<table id="table2"><caption>{_e(_caption(report.rows, report.recall))}</caption>'
+        f'<table id="table2"><caption>{_e(table_caption(report.rows, report.recall))}</caption>'
         f'<tr><th rowspan="2">method</th><th rowspan="2">runs</th>{head}</tr><tr>{sub}</tr>'
         + "".join(body)
         + "</table>"
@@ -173,8 +173,6 @@ def table_html(report: Report) -> str:
 
 
 def significance_html(report: Report) -> str:
-    from xmr.report.core import _p, significance_caption
-
     if not report.significance:
         return "<p>No CLIP-cosine baseline with predictions files: no significance test.</p>"
     rows = []
@@ -188,7 +186,7 @@ def significance_html(report: Report) -> str:
         rows.append(
             f"<tr><td>{_e(rec['row'])}</td><td>{rec['direction']}</td><td>{_e(rec['seed'])}</td>"
             f"<td>{rec['delta']:+.2f}</td><td>[{rec['low']:+.2f}, {rec['high']:+.2f}]</td>"
-            f"<td>{_p(rec['p'])}</td></tr>"
+            f"<td>{format_p(rec['p'])}</td></tr>"
         )
     caption = significance_caption(1, report.n_resamples, report.seed)
     return (
@@ -200,8 +198,6 @@ def significance_html(report: Report) -> str:
 
 
 def unfinished_html(report: Report) -> str:
-    from xmr.report.core import error_summary
-
     if not report.unfinished:
         return "<p>None: every job finished.</p>"
     rows = "".join(
@@ -218,7 +214,6 @@ def unfinished_html(report: Report) -> str:
 
 def _gallery_pair(report: Report, direction: str) -> tuple[str, dict, dict] | None:
     """(ranker row name, ranker run, cosine run) for the gallery of ``direction``."""
-    from xmr.report.core import BASELINE, run_predictions
 
     def first_run(row: dict[str, Any]) -> dict[str, Any] | None:
         runs = [r for r in row["runs"] if run_predictions(r, direction) is not None]
@@ -237,10 +232,8 @@ def _gallery_pair(report: Report, direction: str) -> tuple[str, dict, dict] | No
 
 
 def gallery_html(report: Report, images: str | Path | None, n: int = 6, seed: int = 0) -> str:
-    from xmr.report.core import align_predictions, run_predictions
-
     parts = []
-    views: dict[str, _StoreView] = {}
+    views: dict[str, StoreView] = {}
     for direction, title in (("t2i", "caption → images"), ("i2t", "image → captions")):
         pair = _gallery_pair(report, direction)
         if pair is None:
@@ -255,7 +248,7 @@ def gallery_html(report: Report, images: str | Path | None, n: int = 6, seed: in
             continue
         store_path = str((run.get("store") or {}).get("path") or "")
         if store_path not in views:
-            views[store_path] = _StoreView(store_path, images)
+            views[store_path] = StoreView(store_path, images)
         view = views[store_path]
         a_idx, b_idx = aligned
         rng = np.random.default_rng(seed)
@@ -314,8 +307,6 @@ def render_html(
     gallery: int = 6,
 ) -> str:
     """The page as a string (see the module docstring)."""
-    from xmr.report.core import recall_definition
-
     plots = plots or {}
     banner = (
         '<div class="banner" id="synthetic">SYNTHETIC DATA — these numbers come from a generated '

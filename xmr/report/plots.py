@@ -1,7 +1,7 @@
 """PNG plots for ``xmr report`` (matplotlib, Agg backend: no display needed).
 
 * :func:`plot_recall_curves` — mean Recall@K for K = 1..50 per row, one panel per direction,
-  computed from the runs' test predictions files (:func:`xmr.report.core.recall_curves`).
+  computed from the runs' test predictions files (:func:`xmr.report.curves.recall_curves`).
 * :func:`plot_validation_curves` — validation values over epochs from each run's
   ``metrics.jsonl`` (:class:`xmr.callbacks.history.MetricsHistoryCallback`): ``val/rsum`` and
   ``val/{dir}/recall@1``; a thin line per run (seed), a thick one for the mean over runs.
@@ -19,12 +19,9 @@ matplotlib.use("Agg")  # before pyplot: headless, also under CI and in tests
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from xmr.data.store import DIRECTION_TITLES, TABLE_ORDER  # noqa: E402
+from xmr.report.table import BASELINE  # noqa: E402
 from xmr.utils.io import atomic_write  # noqa: E402
-
-DIRECTION_TITLES = {
-    "i2t": "text retrieval (image → text)",
-    "t2i": "image retrieval (text → image)",
-}
 
 
 def _colours(names: list[str]) -> dict[str, Any]:
@@ -55,13 +52,13 @@ def plot_recall_curves(
     names = list(curves)
     colours = _colours(names)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, direction in zip(axes, ("i2t", "t2i"), strict=True):
+    for ax, direction in zip(axes, TABLE_ORDER, strict=True):
         for name in names:
             curve = curves[name].get(direction)
             if curve is None:
                 continue
             ks = np.arange(1, len(curve) + 1)
-            dashed = name.startswith("clip_cosine")
+            dashed = name.startswith(BASELINE)
             ax.plot(
                 ks,
                 100 * curve,

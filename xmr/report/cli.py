@@ -1,0 +1,142 @@
+"""Collect a sweep's runs into the paper's Table 2, a significance test, plots and an HTML page.
+
+    xmr report logs/demo                          # writes beside the runs (ROOT)
+    xmr report logs/sweeps/loss_seeds/synthetic_paper --out reports/paper --images DIR
+
+The table (:mod:`xmr.report.table`): rows are methods, columns text retrieval (i→t) and image
+retrieval (t→i) R@1/5/10 as mean ± sample std over the runs (seeds) of a row, in percent,
+inside the candidate lists; ``--recall found`` asks for the paper's found/total instead of
+hit@K, and the caption says which. Significance (:mod:`xmr.report.significance`): a paired
+bootstrap over test queries against the CLIP-cosine baseline. Jobs that failed or never
+finished (:mod:`xmr.report.collect`) are listed in a section of their own and counted in the
+``runs`` column (``4 of 5``).
+
+Files written to ``--out`` (default ROOT): ``table.md`` (table, significance, failed/missing
+jobs), ``table.csv``, ``table.tex``, ``significance.csv``, ``recall_at_k.png``,
+``validation_curves.png`` and ``report.html`` (self-contained, see :mod:`xmr.report.html`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from xmr.report.collect import collect, collect_unfinished
+from xmr.report.curves import CURVE_MAX_K, histories, recall_curves
+from xmr.report.html import write_html
+from xmr.report.plots import plot_recall_curves, plot_validation_curves
+from xmr.report.render import report_markdown, significance_csv, to_csv, to_latex
+from xmr.report.significance import N_RESAMPLES, significance
+from xmr.report.table import Report, recall_definition, table
+from xmr.utils.io import atomic_write_text
+
+
+def build_report(
+    root: str | Path,
+    recall: str = "hit",
+    ks: tuple[int, ...] = (1, 5, 10),
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+) -> Report:
+    """Collect the runs below ``root`` and derive the table, significance, curves, histories."""
+    recall_definition(recall)
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such directory (give a sweep's output directory)")
+    runs = collect(root)
+    unfinished = collect_unfinished(root)
+    if not runs and not unfinished:
+        raise FileNotFoundError(f"{root}: no results.json (and no job directories) below it")
+    rows = table(runs, ks, recall, unfinished)
+    return Report(
+        root=root,
+        recall=recall,
+        ks=ks,
+        runs=runs,
+        unfinished=unfinished,
+        rows=rows,
+        significance=significance(rows, 1, recall, n_resamples, seed),
+        curves=recall_curves(rows, CURVE_MAX_K, recall),
+        histories=histories(rows),
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+
+
+def write_report(
+    report: Report,
+    out: str | Path,
+    images: str | Path | None = None,
+    plots: bool = True,
+    html: bool = True,
+    gallery: int = 6,
+) -> dict[str, Path]:
+    """Write the report's files into ``out``; returns name → path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {
+        "table.md": atomic_write_text(out / "table.md", report_markdown(report)),
+        "table.csv": atomic_write_text(
+            out / "table.csv", to_csv(report.rows, report.ks, report.recall)
+        ),
+        "table.tex": atomic_write_text(
+            out / "table.tex", to_latex(report.rows, report.ks, report.recall)
+        ),
+        "significance.csv": atomic_write_text(
+            out / "significance.csv", significance_csv(report.significance)
+        ),
+    }
+    if plots:
+        if report.curves:
+            written["recall_at_k.png"] = plot_recall_curves(
+                report.curves, out / "recall_at_k.png", report.recall, report.synthetic
+            )
+        if report.histories:
+            written["validation_curves.png"] = plot_validation_curves(
+                report.histories, out / "validation_curves.png", report.synthetic
+            )
+    if html:
+        written["report.html"] = write_html(
+            report, out / "report.html", images=images, plots=written, gallery=gallery
+        )
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``xmr report ROOT [--out DIR] [--recall found] [--images DIR] ...`` (see ``--help``)."""
+    parser = argparse.ArgumentParser(
+        prog="xmr report", description=(__doc__ or "").split("\n", 1)[0]
+    )
+    parser.add_argument("root", help="directory holding the runs (results.json files below it)")
+    parser.add_argument("--out", help="where to write the report (default: ROOT)")
+    parser.add_argument("--recall", choices=("hit", "found"), default="hit")
+    parser.add_argument(
+        "--images", help="folder of the store's photos (images.txt names) for the HTML gallery"
+    )
+    parser.add_argument("--resamples", type=int, default=N_RESAMPLES, help="bootstrap resamples")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--gallery", type=int, default=6, help="gallery queries per direction")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--no-html", action="store_true", help="skip report.html")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(name)s][%(levelname)s] %(message)s")
+    try:
+        report = build_report(args.root, args.recall, n_resamples=args.resamples, seed=args.seed)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"xmr report: {err}") from err
+    written = write_report(
+        report,
+        args.out or args.root,
+        images=args.images,
+        plots=not args.no_plots,
+        html=not args.no_html,
+        gallery=args.gallery,
+    )
+    print(report_markdown(report))
+    for path in written.values():
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
