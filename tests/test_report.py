@@ -26,6 +26,7 @@ from xmr.report.collect import assign_rows
 from xmr.report.curves import recall_curve
 from xmr.report.significance import paired_bootstrap, per_query_recall, significance
 from xmr.report.table import BASELINE, table
+from xmr.runs.naming import method_of_config
 
 REPO = Path(__file__).resolve().parents[1]
 LOSSES = ("listnet", "ranknet")
@@ -331,6 +332,17 @@ def test_grid_points_are_rows_but_direction_and_seed_are_not() -> None:
         "listnet [num_layers=1]",
         "clip_cosine",
     ]
+
+
+def test_unfinished_jobs_are_named_as_their_results_would_be() -> None:
+    """A failed or missing job's row is the ``method`` its results.json would record."""
+    listnet = yaml.safe_load((REPO / "conf" / "loss" / "listnet.yaml").read_text())
+    ranker = {"model": {"trainable": True, "net": {"interaction": ["cosine", "product"]}}}
+    assert method_of_config({**ranker, "loss": listnet}) == "listnet+cosine+product"
+    dcca = {"model": {"name": "dcca", "trainable": True, "pairwise": True}, "loss": listnet}
+    assert method_of_config(dcca) == "dcca"
+    assert method_of_config({"method": "mine", **dcca}) == "mine"
+    assert method_of_config(None) == method_of_config({"model": 3}) == "unknown"
 
 
 def test_report_on_an_empty_directory_names_it(tmp_path: Path) -> None:

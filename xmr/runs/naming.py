@@ -6,8 +6,9 @@
 * :func:`run_method` — the name a run records in ``results.json`` (``xmr train``, ``xmr eval``):
   :func:`method_name`, except that pairwise baselines are named by their model and rankers with
   interaction features get ``+cosine+product``-style suffixes.
-* :func:`method_of_config` — :func:`method_name` of a plain config mapping (a job's
-  ``config.yaml`` or ``failed.json``), ``"unknown"`` when the config is absent or broken.
+* :func:`method_of_config` — :func:`run_method` of a plain config mapping (a job's
+  ``config.yaml`` or ``failed.json``), so that a failed or missing job is counted in the row its
+  finished run would fill; ``"unknown"`` when the config is absent or broken.
 """
 
 from __future__ import annotations
@@ -62,11 +63,11 @@ def run_method(cfg: DictConfig) -> str:
 
 
 def method_of_config(config: Mapping[str, Any] | None) -> str:
-    """:func:`method_name` of a plain (resolved) config mapping; :data:`UNKNOWN` when ``config``
+    """:func:`run_method` of a plain (resolved) config mapping; :data:`UNKNOWN` when ``config``
     is empty or too broken to name (a failed job is still listed)."""
     if not config:
         return UNKNOWN
     try:
-        return method_name(OmegaConf.create(dict(config)))
+        return run_method(OmegaConf.create(dict(config)))
     except Exception:  # noqa: BLE001 - a broken config still gets listed
         return UNKNOWN
