@@ -43,7 +43,7 @@ def method_name(cfg: DictConfig) -> str:
         if OmegaConf.to_container(OmegaConf.load(path), resolve=True) == loss:
             return path.stem
     for path in options:  # same loss class, other hyper-parameters
-        if OmegaConf.load(path).get("_target_") == loss.get("_target_"):  # type: ignore[union-attr]
+        if OmegaConf.load(path).get("_target_") == loss.get("_target_"):  # type: ignore[union-attr,arg-type]
             return path.stem
     target = str(loss.get("_target_", "loss")).rsplit(".", 1)[-1]  # type: ignore[union-attr]
     return re.sub(r"(?<!^)(?=[A-Z])", "_", target.removesuffix("Loss")).lower()
