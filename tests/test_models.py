@@ -78,7 +78,7 @@ def test_context_matters_items_see_each_other() -> None:
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"num_heads": 3}, "num_heads=3 must divide"),
+        ({"num_heads": 3}, "num_heads=3 does not divide"),
         ({"fc_sizes": []}, "fc_sizes"),
         ({"fc_sizes": [0]}, "fc_sizes"),
         ({"dropout": 1.5}, "dropout"),

@@ -47,7 +47,7 @@ def _where(path: Path, call: ast.Call) -> str:
 
 def test_every_torch_load_is_weights_only() -> None:
     loads = [(p, c) for p, c in _calls("load") if ast.unparse(c.func).startswith("torch.")]
-    assert loads, "expected at least one torch.load (xmr.train.load_weights)"
+    assert loads, "expected at least one torch.load (xmr.models.build.load_weights)"
     bad = [_where(p, c) for p, c in loads if _kw(c, "weights_only") is not True]
     assert not bad, f"torch.load without weights_only=True at {bad}"
 
