@@ -77,6 +77,7 @@ def test_unknown_key_on_the_command_line_fails_before_any_work(tmp_path: Path) -
         (["threads=0"], r"threads=0"),
         (["model.net.fc_sizes=[]"], r"model\.net\.fc_sizes=\[\]"),
         (["model.net.dropout=1.0"], r"model\.net\.dropout=1\.0: must be in \[0, 1\)"),
+        (["model.net.activation=tanh"], r"model\.net\.activation='tanh': one of"),
         (["monitor=test/rsum"], r"monitor='test/rsum': must be a validation key"),
         (["loss=neural_ndcg", "loss.temperature=0"], r"loss\.temperature=0: must be a number > 0"),
         (["loss=ranknet", "loss.sigma=-1"], r"loss\.sigma=-1: must be a number > 0"),

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from _compose import make_cfg
 
 from xmr.data.store import write_store
+from xmr.models.build import build_module
 from xmr.models.ranker import ContextAwareRanker, interaction_features
 from xmr.runs.naming import run_method
-from xmr.train import build_module, train
+from xmr.train import train
 from xmr.utils.instantiate import ConfigError, instantiate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from xmr.models.baselines import PairEmbeddingModel
 from xmr.models.module import ranked_order
 from xmr.models.ranker import ContextAwareRanker, CosineScorer
+from xmr.models.scorer import ScorerKind, scorer_kind
+from xmr.utils.instantiate import ConfigError
+
+MODEL_OPTIONS = sorted((Path(__file__).resolve().parents[1] / "conf" / "model").glob("*.yaml"))
 
 
 def _net(**kw) -> ContextAwareRanker:
@@ -78,7 +86,7 @@ def test_context_matters_items_see_each_other() -> None:
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"num_heads": 3}, "num_heads=3 must divide"),
+        ({"num_heads": 3}, "num_heads=3 does not divide"),
         ({"fc_sizes": []}, "fc_sizes"),
         ({"fc_sizes": [0]}, "fc_sizes"),
         ({"dropout": 1.5}, "dropout"),
@@ -89,6 +97,34 @@ def test_bad_hyperparameters_are_named(kwargs, match) -> None:
     args = {"query_dim": 8, "cand_dim": 8, "fc_sizes": [16], "num_heads": 4} | kwargs
     with pytest.raises(ValueError, match=match):
         ContextAwareRanker(**args)
+
+
+def test_activation_the_encoder_cannot_honour_is_refused() -> None:
+    with pytest.raises(
+        ConfigError, match=r"model\.net\.activation='tanh': one of \['gelu', 'relu'\]"
+    ):
+        ContextAwareRanker(query_dim=8, cand_dim=8, fc_sizes=[16], activation="tanh")
+
+
+@pytest.mark.parametrize("path", MODEL_OPTIONS, ids=lambda p: p.stem)
+def test_every_model_option_names_a_scorer_kind(path: Path) -> None:
+    """A model option plugs in through its class: no flag decides how it is built or trained."""
+    node = OmegaConf.load(path)
+    kind = scorer_kind(node)
+    assert issubclass(kind, ScorerKind) and kind.trains_on in ("lists", "pairs")
+    kind.check_options(node.net)  # the shipped options pass the start-up checks
+
+
+def test_scorer_kinds_say_what_they_fit_and_train_on() -> None:
+    assert (ContextAwareRanker.fits, ContextAwareRanker.trains_on) == (True, "lists")
+    assert (CosineScorer.fits, CosineScorer.trains_on) == (False, "lists")
+    assert (PairEmbeddingModel.fits, PairEmbeddingModel.trains_on) == (True, "pairs")
+
+
+def test_a_model_target_that_is_not_a_scorer_is_refused() -> None:
+    node = OmegaConf.create({"net": {"_target_": "torch.nn.Linear"}})
+    with pytest.raises(ConfigError, match="not a scorer class"):
+        scorer_kind(node)
 
 
 def test_cosine_scorer_is_cosine() -> None:

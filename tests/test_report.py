@@ -337,9 +337,11 @@ def test_grid_points_are_rows_but_direction_and_seed_are_not() -> None:
 def test_unfinished_jobs_are_named_as_their_results_would_be() -> None:
     """A failed or missing job's row is the ``method`` its results.json would record."""
     listnet = yaml.safe_load((REPO / "conf" / "loss" / "listnet.yaml").read_text())
-    ranker = {"model": {"trainable": True, "net": {"interaction": ["cosine", "product"]}}}
+    net = {"_target_": "xmr.models.ranker.ContextAwareRanker", "interaction": ["cosine", "product"]}
+    ranker = {"model": {"net": net}}
     assert method_of_config({**ranker, "loss": listnet}) == "listnet+cosine+product"
-    dcca = {"model": {"name": "dcca", "trainable": True, "pairwise": True}, "loss": listnet}
+    dcca_net = {"_target_": "xmr.models.baselines.DCCAModel"}
+    dcca = {"model": {"name": "dcca", "net": dcca_net}, "loss": listnet}
     assert method_of_config(dcca) == "dcca"
     assert method_of_config({"method": "mine", **dcca}) == "mine"
     assert method_of_config(None) == method_of_config({"model": 3}) == "unknown"

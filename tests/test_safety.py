@@ -13,6 +13,7 @@ import pytest
 import torch
 from _compose import make_cfg
 
+from xmr.eval import evaluate
 from xmr.train import train
 from xmr.utils.instantiate import ConfigError
 
@@ -47,7 +48,7 @@ def _where(path: Path, call: ast.Call) -> str:
 
 def test_every_torch_load_is_weights_only() -> None:
     loads = [(p, c) for p, c in _calls("load") if ast.unparse(c.func).startswith("torch.")]
-    assert loads, "expected at least one torch.load (xmr.train.load_weights)"
+    assert loads, "expected at least one torch.load (xmr.models.build.load_weights)"
     bad = [_where(p, c) for p, c in loads if _kw(c, "weights_only") is not True]
     assert not bad, f"torch.load without weights_only=True at {bad}"
 
@@ -142,6 +143,22 @@ def test_secrets_are_not_written_to_run_files(secret_run: Path) -> None:
     assert not leaks, leaks
     results = json.loads((secret_run / "results.json").read_text())
     assert results["config"]["wandb_api_key"] == "***" and results["config"]["note"] == "***"
+
+
+def test_eval_results_scrub_secrets(
+    secret_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``xmr eval`` writes through the same scrubbing writer as ``xmr train``: a secret given as
+    an override, or resolved from the environment, never reaches its output."""
+    monkeypatch.setenv("WANDB_API_KEY", SECRET)
+    out = tmp_path / "eval"
+    evaluate(secret_run, ["api_token=" + SECRET, "note=${oc.env:WANDB_API_KEY}"], out=out)
+    files = [p for p in out.rglob("*") if p.is_file() and p.suffix != ".npz"]
+    assert "eval_results.json" in {p.name for p in files}
+    leaks = [str(p) for p in files if SECRET.encode() in p.read_bytes()]
+    assert not leaks, leaks
+    config = json.loads((out / "eval_results.json").read_text())["config"]
+    assert config["api_token"] == "***" and config["note"] == "***"
 
 
 def test_checkpoints_hold_no_pickled_objects(secret_run: Path) -> None:

@@ -4,7 +4,8 @@
     xmr eval run_dir=... ckpt=/path/to/other.ckpt data.lists_dir=/other/lists
 
 Writes ``<out>/predictions_{t2i,i2t}.npz`` and ``<out>/eval_results.json`` (``out`` defaults to
-the run directory) in the formats of :mod:`xmr.runs.results`. Overrides after ``run_dir`` apply on top
+the run directory) in the formats of :mod:`xmr.runs.results`, secrets scrubbed
+(:func:`xmr.runs.lifecycle.write_record`). Overrides after ``run_dir`` apply on top
 of the run's own config (e.g. evaluate on lists mined with other options).
 """
 
@@ -19,11 +20,12 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from xmr.data.datamodule import XMRDataModule
+from xmr.models.build import build_module, load_weights
+from xmr.models.scorer import scorer_kind
+from xmr.runs.lifecycle import EVAL_RESULTS_FILE, test_record, write_record
 from xmr.runs.naming import run_method
-from xmr.train import build_module, load_weights, test_record
 from xmr.utils.config import validate_config
 from xmr.utils.instantiate import instantiate
-from xmr.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ def evaluate(
     dm.setup()
     module = build_module(cfg, dm)
     ckpt_path: Path | None = Path(ckpt) if ckpt else None
-    if ckpt_path is None and cfg.model.get("trainable", True):
+    if ckpt_path is None and scorer_kind(cfg.model).fits:
         ckpt_path = run_dir / "checkpoints" / "best.ckpt"
     if ckpt_path is not None:
         if not ckpt_path.exists():
@@ -68,8 +70,7 @@ def evaluate(
         checkpoint=ckpt_path,
         epochs_run=-1,
     )
-    atomic_write_json(out_dir / "eval_results.json", results)
-    return results
+    return write_record(out_dir / EVAL_RESULTS_FILE, results)
 
 
 def main(argv: list[str] | None = None) -> None:

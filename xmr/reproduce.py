@@ -37,6 +37,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from xmr.models.scorer import scorer_kind
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 LOSSES = ("lambdarank", "neural_ndcg", "listnet", "ranknet")
@@ -103,7 +105,7 @@ def baselines(conf: Path = CONF, only: list[str] | None = None) -> tuple[list[st
             continue
         if only is not None and path.stem not in only:
             continue
-        (trainable if node.get("trainable", True) else fixed).append(path.stem)
+        (trainable if scorer_kind(node).fits else fixed).append(path.stem)
     return trainable, fixed
 
 

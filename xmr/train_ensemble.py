@@ -20,7 +20,6 @@ import json
 import logging
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import hydra
@@ -29,8 +28,9 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from xmr.data.datamodule import XMRDataModule
+from xmr.data.datamodule import PairGatherer, XMRDataModule
 from xmr.metrics.retrieval import ListRetrievalMetrics
+from xmr.models.build import build_module
 from xmr.models.ensemble import (
     EnsembleRanker,
     MemberBatches,
@@ -39,13 +39,20 @@ from xmr.models.ensemble import (
 )
 from xmr.models.module import RSUM_KS, RankingModule
 from xmr.models.ranker import ContextAwareRanker
+from xmr.models.scorer import scorer_kind
+from xmr.runs.lifecycle import (
+    CONFIG_FILE,
+    RESULTS_FILE,
+    output_dir_of,
+    test_record,
+    write_record,
+)
 from xmr.runs.naming import method_name
-from xmr.train import build_module, output_dir_of, test_record
+from xmr.runs.results import finished_results
 from xmr.utils.instantiate import ConfigError, instantiate
-from xmr.utils.io import atomic_write, atomic_write_json, atomic_write_text
+from xmr.utils.io import atomic_write
 from xmr.utils.paths import CONF_DIR
 from xmr.utils.runtime import torch_runtime
-from xmr.utils.secrets import scrub_secrets
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +106,11 @@ def member_configs(cfg: DictConfig) -> list[tuple[str, int, DictConfig]]:
 
 
 def _check_supported(cfg: DictConfig) -> None:
-    target = str(cfg.model.get("net", {}).get("_target_", ""))
-    if cfg.model.get("pairwise", False) or not target.endswith("ContextAwareRanker"):
+    if not issubclass(scorer_kind(cfg.model), ContextAwareRanker):
         raise ConfigError(
-            f"model.net._target_={target!r}: the ensemble trains ContextAwareRanker (model=ranker)"
+            f"model.net._target_={cfg.model.net.get('_target_')!r}: the ensemble trains "
+            "ContextAwareRanker (model=ranker)"
         )
-    if not cfg.model.get("trainable", True):
-        raise ConfigError("model.trainable=false: nothing to train; use xmr train")
     if (cfg.get("callbacks") or {}).get("early_stopping") is not None:
         raise ConfigError(
             "callbacks.early_stopping: not supported by the ensemble (members would stop at "
@@ -127,17 +132,16 @@ def _validate(
     device: torch.device,
     ks: tuple[int, ...],
 ) -> list[dict[str, torch.Tensor]]:
-    """Per member: ``val/{d}/{metric}``, ``val/{d}/loss`` and ``val/rsum`` (as ``xmr train``)."""
+    """Per member: ``val/{d}/{metric}``, ``val/{d}/loss`` and ``val/rsum`` (as ``xmr train``),
+    over the batches of the data module's validation loaders."""
     E = next(iter(ensembles.values())).num_members
     out: list[dict[str, torch.Tensor]] = [{} for _ in range(E)]
+    loaders = dict(zip(dm.directions, dm.val_dataloader(), strict=True))
     for d, ens in ensembles.items():
         ens.eval()
         metrics = [ListRetrievalMetrics(ks=ks).to(device) for _ in range(E)]
-        gather = dm.gatherer(d, "val")
-        n = len(gather.queries)
         loss_sum, count = torch.zeros(E, device=device), 0
-        for start in range(0, n, dm.eval_batch_size):
-            b = gather(list(range(start, min(start + dm.eval_batch_size, n))))
+        for b in loaders[d]:
             q, c, y, mask = (b[k].to(device) for k in ("q", "c", "labels", "mask"))
             scores = ens.forward_split(q, c, mask)  # (E, B, L)
             for e in range(E):
@@ -193,10 +197,8 @@ def _test_member(
         epochs_run=epochs_run,
         best_val=best_val,
     )
-    results["config"] = scrub_secrets(results["config"])
     results["ensemble"] = dict(ensemble)  # trained as member `index` of `members`
-    atomic_write_json(out / "results.json", results)
-    return results
+    return write_record(out / RESULTS_FILE, results)
 
 
 # -- training ----------------------------------------------------------------------------------
@@ -213,16 +215,11 @@ def train_ensemble(cfg: DictConfig) -> list[dict[str, Any]]:
 def _train_ensemble(cfg: DictConfig) -> list[dict[str, Any]]:
     _check_supported(cfg)
     members = member_configs(cfg)
-    try:
-        from xmr.runs.results import finished_results
-    except ImportError:  # pragma: no cover
-        finished_results = None  # type: ignore[assignment]
     done: dict[int, dict[str, Any]] = {}
-    if finished_results is not None:
-        for i, (_, _, m) in enumerate(members):
-            r = finished_results(Path(m.paths.output_dir), m)
-            if r is not None:
-                done[i] = r
+    for i, (_, _, m) in enumerate(members):
+        r = finished_results(Path(m.paths.output_dir), m)
+        if r is not None:
+            done[i] = r
     todo = [i for i in range(len(members)) if i not in done]
     if not todo:
         log.info("ensemble: all %d members finished already", len(members))
@@ -268,14 +265,14 @@ def _train_ensemble(cfg: DictConfig) -> list[dict[str, Any]]:
     ks = tuple(int(k) for k in cfg.get("ks", (1, 5, 10)))
 
     order = MemberBatches({d: dm.num_lists(d, "train") for d in directions}, dm.batch_size, seeds)
-    # Tables and lists live on the ensemble's device, so gathering happens there (on a GPU no
-    # per-step host-to-device copy of the (E, B, L, D) features).
+    # The data module's gatherers with tables and lists on the ensemble's device, so gathering
+    # happens there (on a GPU no per-step host-to-device copy of the (E, B, L, D) features).
     gathers = {d: _on_device(dm.gatherer(d, "train"), device) for d in directions}
     outs = [Path(m.paths.output_dir) for m in cfgs]
     for m, out in zip(cfgs, outs, strict=True):
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.jsonl").unlink(missing_ok=True)
-        atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(m, resolve=True))
+        write_record(out / CONFIG_FILE, m)
 
     best_val: list[torch.Tensor | None] = [None] * E
     best_state: list[dict[str, dict[str, torch.Tensor]] | None] = [None] * E
@@ -293,7 +290,7 @@ def _train_ensemble(cfg: DictConfig) -> list[dict[str, Any]]:
             optimizer.zero_grad(set_to_none=True)
             total = torch.zeros((), device=device)
             for d in directions:
-                b = _gather_members(gathers[d], idx[d].to(device))
+                b = gathers[d](idx[d].to(device))  # (E, B, ...): one gather for all members
                 q, c, y, mask = (b[k].to(device) for k in ("q", "c", "labels", "mask"))
                 scores = ensembles[d].forward_split(q, c, mask)  # (E, B, L)
                 losses = ensemble_losses(scores, y, mask, groups)  # (E,)
@@ -361,26 +358,12 @@ def _wants_cuda(cfg: DictConfig) -> bool:
     return torch.cuda.is_available() and acc in ("auto", "gpu", "cuda")
 
 
-def _on_device(gather: Any, device: torch.device) -> SimpleNamespace:
-    """The training-relevant tensors of a :class:`~xmr.data.datamodule.PairGatherer` on
-    ``device`` (tables shared when ``device`` is the CPU: ``.to`` returns the same tensor)."""
-    names = ("queries", "candidates", "labels", "query_table", "cand_table")
-    return SimpleNamespace(**{n: getattr(gather, n).to(device) for n in names})
-
-
-def _gather_members(gather: Any, idx: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Pair features of ``idx (E, B)`` lists, one gather for all members: q ``(E, B, D_q)``,
-    c ``(E, B, L, D_c)``, labels ``(E, B, L)``, mask ``(E, B, L)``."""
-    qid = gather.queries[idx]  # (E, B)
-    cid = gather.candidates[idx]  # (E, B, L)
-    mask = cid >= 0
-    c = gather.cand_table[cid.clamp_min(0)].float() * mask.unsqueeze(-1)  # (E, B, L, D_c)
-    return {
-        "q": gather.query_table[qid].float(),
-        "c": c,
-        "labels": gather.labels[idx].float(),
-        "mask": mask,
-    }
+def _on_device(gather: PairGatherer, device: torch.device) -> PairGatherer:
+    """``gather`` with its tables and lists on ``device`` (shared when ``device`` is the CPU:
+    ``.to`` returns the same tensor). It gathers index tensors of any shape: ``idx (E, B)``
+    gives q ``(E, B, D_q)``, c ``(E, B, L, D_c)``, labels and mask ``(E, B, L)``."""
+    names = ("query_table", "cand_table", "queries", "candidates", "labels")
+    return PairGatherer(gather.direction, *(getattr(gather, n).to(device) for n in names))
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="ensemble")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +178,10 @@ class XMRDataModule(L.LightningDataModule):
         self._tables: dict[str, Tensor] = {}
         self._gatherers: dict[tuple[str, str], PairGatherer] = {}
         self.pair_batch_size: int | None = None  # set by use_pair_training
+        # Shuffling generators of the train loaders built last, in sorted direction order, and
+        # states to put into those built next (restore_train_order).
+        self._train_generators: list[torch.Generator] = []
+        self._pending_train_order: list[Tensor] | None = None
 
     # -- preparation --------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -278,6 +282,7 @@ class XMRDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> CombinedLoader | DataLoader:
         if self.pair_batch_size is not None:
+            self._train_generators, self._pending_train_order = [], None
             gather = self._train_pairs()
             return DataLoader(
                 _ListIndexDataset(len(gather)),
@@ -289,7 +294,35 @@ class XMRDataModule(L.LightningDataModule):
                 persistent_workers=self.num_workers > 0,
             )
         loaders = {d: self._loader(d, "train", shuffle=True) for d in self.directions}
+        self._train_generators = [loaders[d].generator for d in sorted(loaders)]
+        states, self._pending_train_order = self._pending_train_order, None
+        if states is not None:
+            if len(states) == len(self._train_generators):
+                for g, state in zip(self._train_generators, states, strict=True):
+                    g.set_state(state)
+            else:
+                log.warning(
+                    "resume: %d saved train-order states for %d shuffled loaders; the data "
+                    "order will differ from an uninterrupted run",
+                    len(states),
+                    len(self._train_generators),
+                )
         return CombinedLoader(loaders, mode="max_size_cycle")
+
+    # -- train order (resuming) ---------------------------------------------------------------
+    def train_order_state(self) -> list[Tensor]:
+        """The states of the shuffling generators of the train loaders built last (one per
+        direction, in sorted direction order; none for pair batches, which shuffle from the
+        global RNG)."""
+        return [g.get_state() for g in self._train_generators]
+
+    def restore_train_order(self, states: Sequence[Tensor]) -> None:
+        """Put ``states`` (from :meth:`train_order_state`) into the shuffling generators of the
+        train loaders that :meth:`train_dataloader` builds next, once: a resumed run then draws
+        the data order an uninterrupted run would. Lightning builds the loaders of a resumed fit
+        after restoring callback states and creates each epoch's iterator (which draws its base
+        seed from the generator) right away, so the states must be in place at build time."""
+        self._pending_train_order = list(states)
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._loader(d, "val", shuffle=False) for d in self.directions]

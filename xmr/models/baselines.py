@@ -22,12 +22,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xmr.data.store import DIRECTIONS
+from xmr.data.datamodule import XMRDataModule
+from xmr.data.store import DIRECTIONS, FeatureStore
+from xmr.models.scorer import ScorerKind, Scorers
+from xmr.utils.instantiate import instantiate
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
@@ -205,7 +209,7 @@ class ProjectionHead(nn.Module):
         return self.net(x)
 
 
-class PairEmbeddingModel(nn.Module):
+class PairEmbeddingModel(nn.Module, ScorerKind):
     """Base of the pair baselines: two projection heads, cosine scoring, a pair loss.
 
     Args:
@@ -218,6 +222,20 @@ class PairEmbeddingModel(nn.Module):
     """
 
     pairwise = True
+    trains_on: ClassVar[str] = "pairs"
+
+    @classmethod
+    def build_scorers(cls, model: Any, dm: XMRDataModule) -> Scorers:
+        """One model for both directions of ``dm`` (t2i orientation: query = text, candidate =
+        image), a :class:`DirectionScorer` view per direction; ``dm`` then trains on pair
+        batches of ``model.pair_batch_size`` (:meth:`XMRDataModule.use_pair_training`)."""
+        store = dm.store or FeatureStore.open(dm.store_path, check_norms=False)
+        factory = instantiate(model.net, where="model.net")
+        shared = factory(
+            query_dim=store.text_dim, cand_dim=store.image_dim, num_classes=store.num_images
+        )
+        dm.use_pair_training(int(model.get("pair_batch_size", 128)))
+        return Scorers({d: shared.view(d) for d in dm.directions}, shared=shared)
 
     def __init__(
         self,

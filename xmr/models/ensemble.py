@@ -40,10 +40,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
+from xmr.data.datamodule import train_order_seed
 from xmr.models.encoder import attention, dropout, key_mask
-from xmr.models.ranker import ContextAwareRanker
+from xmr.models.ranker import ContextAwareRanker, interaction_features
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +176,6 @@ class EnsembleRanker(nn.Module):
             qe, ce = q, c
         h = hc.view(E, B, Lc, -1) + hq.unsqueeze(2)  # (E, B, L, H0)
         if self.interaction:
-            from xmr.models.ranker import interaction_features
-
             feats = interaction_features(
                 qe.reshape(E * B, -1), ce.reshape(E * B, Lc, -1), self.interaction
             )  # (E*B, L, F)
@@ -293,10 +294,6 @@ class MemberBatches:
     """
 
     def __init__(self, num_lists: Mapping[str, int], batch_size: int, seeds: Sequence[int]) -> None:
-        from torch.utils.data import DataLoader
-
-        from xmr.data.datamodule import train_order_seed
-
         self.directions = list(num_lists)
         self.members = [
             {
@@ -322,8 +319,6 @@ class MemberBatches:
         Exactly ``len(self)`` steps and no look-ahead fetch, as Lightning's fit loop (which knows
         the loader's length) draws them: a further ``next`` would advance the generators.
         """
-        from lightning.pytorch.utilities import CombinedLoader
-
         iters = [iter(CombinedLoader(m, mode="max_size_cycle")) for m in self.members]
         for _ in range(self.steps):
             rows = [next(it)[0] for it in iters]

@@ -2,7 +2,8 @@
 
 Logged keys are ``{stage}/{direction}/{metric}`` (e.g. ``val/t2i/recall@1``) plus
 ``{stage}/rsum`` — the sum of hit@1/5/10 over the trained directions, in percent, the usual
-single-number summary of cross-modal retrieval and the default monitored key (:data:`MONITOR`).
+single-number summary of cross-modal retrieval (the monitored key is ``monitor`` in
+conf/train.yaml).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from torch import Tensor, nn
 from xmr.data.datamodule import pair_features
 from xmr.metrics.retrieval import ListRetrievalMetrics
 
-MONITOR = "val/rsum"
 RSUM_KS: tuple[int, ...] = (1, 5, 10)
 
 

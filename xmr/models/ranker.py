@@ -7,14 +7,20 @@ carry no meaning: losses and metrics take the mask.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from xmr.data.datamodule import XMRDataModule
 from xmr.models.encoder import encode
+from xmr.models.scorer import ScorerKind, Scorers
+from xmr.utils.instantiate import ConfigError
 
-_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
+#: The activations of the FC block and the Transformer encoder layers (which support only these).
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
 #: Per-pair interaction features of query q and candidate c (each needs one joint space).
 INTERACTIONS: tuple[str, ...] = ("cosine", "product", "absdiff")
 
@@ -42,7 +48,51 @@ def interaction_features(q: Tensor, c: Tensor, names: Sequence[str]) -> Tensor:
     return torch.cat(parts, dim=-1)
 
 
-class ContextAwareRanker(nn.Module):
+def _integer(key: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"model.net.{key}={value!r}: must be an integer >= {minimum}")
+
+
+def check_ranker_options(
+    *,
+    fc_sizes: Sequence[int],
+    num_layers: int,
+    num_heads: int,
+    ff_dim: int,
+    dropout: float,
+    fc_dropout: float,
+    activation: str,
+    interaction: Sequence[str],
+) -> None:
+    """Raise :class:`ConfigError` naming the ``model.net`` key and its rule for an impossible
+    Context-Aware Ranker option (the one place these options are checked: at start-up through
+    :meth:`ContextAwareRanker.check_options`, and by the constructor)."""
+    fc = list(fc_sizes) if isinstance(fc_sizes, Iterable) and not isinstance(fc_sizes, str) else []
+    if not fc or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in fc):
+        shown = fc if fc else fc_sizes
+        raise ConfigError(f"model.net.fc_sizes={shown}: at least one size, each an integer >= 1")
+    _integer("num_heads", num_heads, 1)
+    if fc[-1] % num_heads:
+        raise ConfigError(
+            f"model.net.num_heads={num_heads} does not divide the encoder width "
+            f"model.net.fc_sizes[-1]={fc[-1]}"
+        )
+    _integer("num_layers", num_layers, 0)
+    _integer("ff_dim", ff_dim, 1)
+    for key, p in (("dropout", dropout), ("fc_dropout", fc_dropout)):
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+            raise ConfigError(f"model.net.{key}={p!r}: must be in [0, 1)")
+    if activation not in _ACTIVATIONS:
+        raise ConfigError(
+            f"model.net.activation={activation!r}: one of {sorted(_ACTIVATIONS)} (the "
+            "activations the Transformer encoder layers support)"
+        )
+    names = [str(n) for n in (interaction or ())]
+    if any(n not in INTERACTIONS for n in names) or len(set(names)) != len(names):
+        raise ConfigError(f"model.net.interaction={names}: each of {INTERACTIONS} at most once")
+
+
+class ContextAwareRanker(nn.Module, ScorerKind):
     """Context-Aware Ranker (Pobrotyn et al. 2020, "Context-Aware Learning to Rank with
     Self-Attention"; the model of the allRank library).
 
@@ -75,13 +125,18 @@ class ContextAwareRanker(nn.Module):
         interaction: Sequence[str] = (),
     ) -> None:
         super().__init__()
-        fc_sizes = list(fc_sizes)
+        check_ranker_options(
+            fc_sizes=fc_sizes,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            ff_dim=ff_dim,
+            dropout=dropout,
+            fc_dropout=fc_dropout,
+            activation=activation,
+            interaction=interaction,
+        )
+        fc_sizes = [int(s) for s in fc_sizes]
         self.interaction = tuple(str(n) for n in (interaction or ()))
-        unknown = [n for n in self.interaction if n not in INTERACTIONS]
-        if unknown or len(set(self.interaction)) != len(self.interaction):
-            raise ValueError(
-                f"model.net.interaction={list(self.interaction)}: each of {INTERACTIONS} at most once"
-            )
         if self.interaction and query_dim != cand_dim:
             raise ValueError(
                 f"model.net.interaction={list(self.interaction)} needs one joint space, but "
@@ -89,20 +144,7 @@ class ContextAwareRanker(nn.Module):
             )
         if query_dim < 1 or cand_dim < 1:
             raise ValueError(f"model: query_dim={query_dim}, cand_dim={cand_dim} must be >= 1")
-        if not fc_sizes or any(int(s) < 1 for s in fc_sizes):
-            raise ValueError(f"model.fc_sizes={fc_sizes}: needs at least one size, all >= 1")
-        d_model = int(fc_sizes[-1])
-        if num_heads < 1 or d_model % num_heads != 0:
-            raise ValueError(
-                f"model.num_heads={num_heads} must divide the encoder width "
-                f"model.fc_sizes[-1]={d_model}"
-            )
-        if num_layers < 0 or ff_dim < 1 or not 0.0 <= dropout < 1.0 or not 0.0 <= fc_dropout < 1:
-            raise ValueError(
-                f"model: num_layers={num_layers} >= 0, ff_dim={ff_dim} >= 1 and dropouts in [0, 1)"
-            )
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"model.activation={activation!r}: one of {sorted(_ACTIVATIONS)}")
+        d_model = fc_sizes[-1]
         self.query_dim, self.cand_dim = int(query_dim), int(cand_dim)
         act = _ACTIVATIONS[activation]
 
@@ -122,7 +164,7 @@ class ContextAwareRanker(nn.Module):
                 nhead=num_heads,
                 dim_feedforward=ff_dim,
                 dropout=dropout,
-                activation=activation if activation in ("relu", "gelu") else "relu",
+                activation=activation,
                 batch_first=True,
                 norm_first=True,
             )
@@ -132,6 +174,26 @@ class ContextAwareRanker(nn.Module):
         else:
             self.encoder = None
         self.scorer = nn.Linear(d_model, 1)
+
+    @classmethod
+    def check_options(cls, net: Mapping[str, Any]) -> None:
+        defaults = {
+            name: p.default
+            for name, p in inspect.signature(cls.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
+        check_ranker_options(**{k: net.get(k, v) for k, v in defaults.items()})
+
+    @classmethod
+    def build_scorers(cls, model: Any, dm: XMRDataModule) -> Scorers:
+        """One ranker per direction; interaction features need a joint-space store."""
+        interaction = list(model.net.get("interaction") or [])
+        if interaction and not dm.joint_space:
+            raise ConfigError(
+                f"model.net.interaction={interaction}: interaction features compare query and "
+                f"candidate in one space, but {dm.store_path} has joint_space: false"
+            )
+        return super().build_scorers(model, dm)
 
     def forward_split(self, q: Tensor, c: Tensor, mask: Tensor) -> Tensor:
         """Scores from query ``q (B, D_q)`` and candidates ``c (B, L, D_c)``; mask ``(B, L)``."""
@@ -151,11 +213,13 @@ class ContextAwareRanker(nn.Module):
         return self.forward_split(q, c, mask)
 
 
-class CosineScorer(nn.Module):
+class CosineScorer(nn.Module, ScorerKind):
     """The CLIP baseline: cosine similarity of query and candidate, no parameters.
 
     Needs a joint embedding space (``joint_space: true`` in the store, equal dims).
     """
+
+    fits: ClassVar[bool] = False
 
     def __init__(self, query_dim: int, cand_dim: int) -> None:
         super().__init__()

@@ -1,10 +1,10 @@
 """The method name of a run: the ``method`` field of its ``results.json`` and its row in
 ``xmr report``.
 
-* :func:`method_name` — ``method`` when set; the model name of a fixed scorer; else the loss (the
+* :func:`method_name` — ``method`` when set; the model name of a scorer without parameters (``ScorerKind.fits``); else the loss (the
   ``conf/loss`` option chosen, or the one whose content matches the run's loss).
 * :func:`run_method` — the name a run records in ``results.json`` (``xmr train``, ``xmr eval``):
-  :func:`method_name`, except that pairwise baselines are named by their model and rankers with
+  :func:`method_name`, except that models trained on pairs (``ScorerKind.trains_on``) are named by their model and rankers with
   interaction features get ``+cosine+product``-style suffixes.
 * :func:`method_of_config` — :func:`run_method` of a plain config mapping (a job's
   ``config.yaml`` or ``failed.json``), so that a failed or missing job is counted in the row its
@@ -21,6 +21,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from xmr.models.scorer import scorer_kind
 from xmr.utils.paths import CONF_DIR
 
 UNKNOWN = "unknown"
@@ -30,7 +31,7 @@ def method_name(cfg: DictConfig) -> str:
     """The row name of a run in reports: the loss for trainable rankers, else the model name."""
     if cfg.get("method"):
         return str(cfg.method)
-    if not cfg.model.get("trainable", True):
+    if not scorer_kind(cfg.model).fits:
         return str(cfg.model.get("name", "scorer"))
     if HydraConfig.initialized():
         choice = HydraConfig.get().runtime.choices.get("loss")
@@ -55,11 +56,12 @@ def run_method(cfg: DictConfig) -> str:
     ``+cosine+product+absdiff``-style suffixes when the ranker uses interaction features."""
     if cfg.get("method"):
         return str(cfg.method)
-    if cfg.model.get("pairwise", False):
+    kind = scorer_kind(cfg.model)
+    if kind.trains_on == "pairs":
         return str(cfg.model.get("name", "pair_baseline"))
     name = method_name(cfg)
     inter = list(cfg.model.get("net", {}).get("interaction") or [])
-    return name + "".join(f"+{n}" for n in inter) if cfg.model.get("trainable", True) else name
+    return name + "".join(f"+{n}" for n in inter) if kind.fits else name
 
 
 def method_of_config(config: Mapping[str, Any] | None) -> str:

@@ -1,6 +1,6 @@
 """What a run leaves behind: ``results.json`` and the test predictions files.
 
-``results.json`` (written atomically)::
+``results.json`` (:func:`results_record`, written by :func:`xmr.runs.lifecycle.write_record`)::
 
     {
       "format": "xmr-results/1",
@@ -39,7 +39,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from xmr.data.store import FeatureStore
-from xmr.utils.io import atomic_write, atomic_write_json
+from xmr.utils.io import atomic_write
 from xmr.utils.secrets import scrub_secrets
 
 log = logging.getLogger(__name__)
@@ -74,8 +74,7 @@ def load_predictions(path: str | Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in ("query", "candidates", "scores", "labels")}
 
 
-def write_results(
-    out: Path,
+def results_record(
     *,
     cfg: DictConfig,
     method: str,
@@ -86,8 +85,9 @@ def write_results(
     store: FeatureStore | None,
     epochs_run: int,
     best_val: float | None = None,
-    write: bool = True,
 ) -> dict[str, Any]:
+    """The ``results.json`` record of a tested run (format above), config resolved; written by
+    :func:`xmr.runs.lifecycle.write_record`, which scrubs secrets."""
     encoder = dict(store.manifest.get("encoder", {})) if store is not None else {}
     results: dict[str, Any] = {
         "format": RESULTS_FORMAT,
@@ -108,8 +108,6 @@ def write_results(
     results["checkpoint"] = str(checkpoint) if checkpoint else None
     results["predictions"] = predictions
     results["config"] = OmegaConf.to_container(cfg, resolve=True)
-    if write:
-        atomic_write_json(out / "results.json", results)
     return results
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from xmr.models.scorer import scorer_kind
 from xmr.utils.instantiate import ConfigError, check_targets
 
 
@@ -44,24 +45,8 @@ def validate_config(cfg: DictConfig) -> None:
             f"ks={ks}: K={max(ks)} is larger than a candidate list "
             f"(data.mining.hard + 1 = {hard + 1})"
         )
-    net = cfg.model.net
-    fc = list(net.get("fc_sizes", [64])) if "fc_sizes" in net else None
-    if fc is not None:
-        if not fc or any(not isinstance(s, int) or s < 1 for s in fc):
-            raise ConfigError(f"model.net.fc_sizes={fc}: at least one size, each an integer >= 1")
-        heads = net.get("num_heads", 1)
-        _positive_int(cfg, "model.net.num_heads", heads)
-        if fc[-1] % heads:
-            raise ConfigError(
-                f"model.net.num_heads={heads} does not divide the encoder width "
-                f"model.net.fc_sizes[-1]={fc[-1]}"
-            )
-        _positive_int(cfg, "model.net.num_layers", net.get("num_layers", 2), minimum=0)
-        _positive_int(cfg, "model.net.ff_dim", net.get("ff_dim", 128))
-        for key in ("dropout", "fc_dropout"):
-            p = net.get(key, 0.0)
-            if not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-                raise ConfigError(f"model.net.{key}={p!r}: must be in [0, 1)")
+    # model.net: the scorer class checks its own options (one place per key).
+    scorer_kind(cfg.model).check_options(cfg.model.net)
     _check_loss(cfg)
     max_lists = data.get("max_lists")
     if max_lists is not None:
@@ -90,7 +75,7 @@ def validate_config(cfg: DictConfig) -> None:
 
 #: Loss hyper-parameters that must be > 0 (temperatures, slopes, weights), and cut-offs that must
 #: be null or >= 1, wherever they appear in ``cfg.loss``.
-_POSITIVE_LOSS_KEYS = ("temperature", "sigma", "alpha", "mu", "pos_weight", "tau", "margin_scale")
+_POSITIVE_LOSS_KEYS = ("temperature", "sigma", "alpha", "mu", "pos_weight")
 _CUTOFF_LOSS_KEYS = ("k", "sinkhorn_iters")
 
 

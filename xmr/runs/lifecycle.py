@@ -1,0 +1,114 @@
+"""A run's directory and the records written into it, shared by every command.
+
+- :func:`output_dir_of` — the run directory;
+- :func:`write_record` — the one writer of run records (``config.yaml``, ``results.json``,
+  ``eval_results.json``, ``failed.json``): atomic, secrets scrubbed
+  (:func:`xmr.utils.secrets.scrub_secrets`) inside it, so no caller scrubs;
+- :func:`write_failure` — ``failed.json`` of a run that raised;
+- :func:`test_record` — test a module and assemble its results record.
+"""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from xmr.data.datamodule import XMRDataModule
+from xmr.metrics.full_gallery import run_protocol
+from xmr.models.module import RankingModule, run_test_loop
+from xmr.runs.results import results_record, write_predictions
+from xmr.utils.io import atomic_write_json, atomic_write_text
+from xmr.utils.secrets import scrub_secrets
+
+CONFIG_FILE = "config.yaml"
+RESULTS_FILE = "results.json"
+EVAL_RESULTS_FILE = "eval_results.json"
+FAILED_FILE = "failed.json"
+
+
+def output_dir_of(cfg: DictConfig) -> Path:
+    """The run directory: Hydra's output dir when running under Hydra, else ``paths.output_dir``."""
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(str(cfg.paths.output_dir))
+
+
+def _plain(node: Any) -> Any:
+    """Plain containers of a config (resolved when it resolves: an interpolation that cannot
+    resolve may be the very failure being recorded); anything else as it is."""
+    if not isinstance(node, (DictConfig, ListConfig)):
+        return node
+    try:
+        return OmegaConf.to_container(node, resolve=True)
+    except Exception:
+        return OmegaConf.to_container(node, resolve=False)
+
+
+def write_record(path: str | Path, record: Any) -> Any:
+    """Write a run record at ``path`` atomically with secrets scrubbed: YAML for ``*.yaml`` (a
+    config), JSON otherwise. ``record`` is a config or plain containers; configs inside it are
+    written resolved. Returns the record as written."""
+    path = Path(path)
+    scrubbed = scrub_secrets(_plain(record))
+    if path.suffix == ".yaml":
+        atomic_write_text(path, OmegaConf.to_yaml(scrubbed))
+    else:
+        atomic_write_json(path, scrubbed)
+    return scrubbed
+
+
+def write_failure(out: Path, cfg: DictConfig, exc: BaseException) -> Path:
+    """Write ``<out>/failed.json``: ``{"error": "<Type>: <message>", "traceback", "config",
+    "seed"}`` (config resolved when possible). ``xmr report`` lists such jobs as failed; a later
+    successful run of the job removes the file."""
+    seed = cfg.get("seed") if isinstance(cfg, DictConfig) else None
+    record = {
+        "format": "xmr-failed/1",
+        "error": f"{type(exc).__name__}: {exc}",
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "config": _plain(cfg),
+        "seed": int(seed) if isinstance(seed, int) else seed,
+    }
+    path = Path(out) / FAILED_FILE
+    write_record(path, record)
+    return path
+
+
+def test_record(
+    cfg: DictConfig,
+    module: RankingModule,
+    dm: XMRDataModule,
+    out: Path,
+    *,
+    method: str,
+    trainer: L.Trainer | None = None,
+    accelerator: str = "cpu",
+    save_predictions: bool = True,
+    **meta: Any,
+) -> dict[str, Any]:
+    """Test ``module`` the one way ``xmr train``, ``xmr eval`` and ensemble members share: the
+    list protocol by :func:`run_test_loop` (``trainer``, or a bare one on ``accelerator``), the
+    ``protocol`` group's full-gallery evaluation, predictions written to ``out`` (when
+    ``save_predictions``). Returns the results record (:func:`results_record` with ``meta``:
+    ``val_metrics``, ``checkpoint``, ``epochs_run``, ``best_val``; plus ``full_gallery``); the
+    caller writes it with :func:`write_record`."""
+    merged = run_test_loop(module, dm, trainer, accelerator=accelerator)
+    predictions = write_predictions(out, module.predictions) if save_predictions else {}
+    full, full_info = run_protocol(cfg, module.nets, dm.store)  # xmr.metrics.full_gallery
+    merged.update(full)
+    results = results_record(
+        cfg=cfg,
+        method=method,
+        test_metrics=merged,
+        predictions=predictions,
+        store=dm.store,
+        **meta,
+    )
+    if full_info is not None:
+        results["full_gallery"] = full_info
+    return results
