@@ -6,6 +6,7 @@ real-data test on the shared flickr8k-1k zero-shot-bridge store (skipped when ab
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 import zipfile
@@ -13,8 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
+from xmr.data.datamodule import mining_tag
 from xmr.data.mining import (
+    MINING_DEFAULTS,
     CandidateLists,
     ListsError,
     MiningProblem,
@@ -26,7 +30,8 @@ from xmr.data.mining import (
 )
 from xmr.data.store import SPLITS, FeatureStore, write_store
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
 REAL_STORE = SHARED / "data" / "flickr8k-1k" / "features" / "zeroshot-bridge"
 FILES = [(d, s) for s in ("train", "val", "test") for d in ("t2i", "i2t")]
 
@@ -490,6 +495,16 @@ def test_timing_mid_size(tmp_path: Path) -> None:
     dt = time.perf_counter() - t0
     print(f"\nmining synthetic 8000 img x 5 cap, 128-d, train t2i+i2t: {dt:.2f}s")
     assert read_lists_meta(out)["stats"]["i2t_train"]["num_lists"] == 8000
+
+
+def test_mining_defaults_are_defined_once_and_agree() -> None:
+    """conf/data/mining/default.yaml (the configs' defaults) equals MINING_DEFAULTS, which are
+    mine_lists's defaults and the lists directory name's."""
+    conf = OmegaConf.to_container(OmegaConf.load(REPO / "conf/data/mining/default.yaml"))
+    assert conf == MINING_DEFAULTS
+    params = inspect.signature(mine_lists).parameters
+    assert {k: params[k].default for k in MINING_DEFAULTS} == MINING_DEFAULTS
+    assert mining_tag({}) == "hard-p200-h50-t2i1-i2t1-s0"
 
 
 def test_tiny_store_fixture_defaults(tiny_store: Path, tmp_path: Path) -> None:
