@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from xmr.data.datamodule import mining_tag
@@ -29,6 +30,7 @@ from xmr.data.mining import (
     sample_pools,
 )
 from xmr.data.store import SPLITS, FeatureStore, write_store
+from xmr.prepare import mine_main
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -549,3 +551,21 @@ def test_real_flickr8k_zeroshot_bridge(tmp_path: Path) -> None:
         cos = np.einsum("qld,qd->ql", txt[lists.candidates], img[lists.queries])
         means.append(float(cos[lists.labels == 0].mean()))
     assert means[0] > means[1]
+
+
+def test_xmr_mine_overwrite_mines_existing_lists_again(tiny_store: Path, tmp_path: Path) -> None:
+    """``xmr mine`` keeps existing lists; with ``overwrite=true`` it mines them again (the same
+    bytes: the same inputs) and replaces them atomically."""
+    lists = tmp_path / "lists"
+    overrides = ["data=synthetic_tiny", f"data.store={tiny_store}", f"data.lists_dir={lists}"]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("prepare", overrides=overrides)
+    mine_main(cfg)
+    inode, data = (lists / "t2i_train.npz").stat().st_ino, (lists / "t2i_train.npz").read_bytes()
+    mine_main(cfg)
+    assert (lists / "t2i_train.npz").stat().st_ino == inode  # kept
+    cfg.overwrite = True
+    mine_main(cfg)
+    assert (lists / "t2i_train.npz").stat().st_ino != inode  # mined again
+    assert (lists / "t2i_train.npz").read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lists"]

@@ -11,6 +11,7 @@ import torch
 from _compose import make_cfg, tiny_overrides
 from omegaconf import DictConfig
 
+from xmr.data.datamodule import mining_tag
 from xmr.data.mining import load_lists
 from xmr.data.store import FeatureStore
 from xmr.eval import evaluate
@@ -25,6 +26,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 GROUPS = [
     "data",
+    "data/mining",
     "model",
     "loss",
     "optimizer",
@@ -47,6 +49,10 @@ def test_every_config_option_composes_and_instantiates(tmp_path, group, option) 
     if group == "data":
         dm = instantiate(cfg.data)
         assert dm.directions
+    elif group == "data/mining":
+        dm = instantiate(cfg.data)
+        assert 1 <= dm.mining["hard"] <= dm.mining["pool"]
+        assert dm.lists_dir.name == mining_tag(cfg.data.mining)
     elif group == "model":
         net = instantiate(cfg.model.net)(query_dim=8, cand_dim=8)
         assert net(torch.zeros(2, 3, 16), torch.ones(2, 3, dtype=torch.bool)).shape == (2, 3)
