@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from xmr.utils.io import WORK_STATE, WorkDirMismatch, publish_dir, resume_work_dir
+from xmr.utils.io import (
+    WORK_STATE,
+    WorkDirMismatch,
+    atomic_write_text,
+    publish_dir,
+    resume_work_dir,
+)
 
 
 def _dir(path: Path, **files: str) -> Path:
@@ -88,3 +94,13 @@ def test_resume_work_dir_with_a_damaged_state_starts_over(tmp_path: Path) -> Non
     work = _dir(tmp_path / "w", part="stale", **{WORK_STATE: "{not json"})
     resume_work_dir(work, {"a": 1}, fmt="f/1")
     assert sorted(p.name for p in work.iterdir()) == [WORK_STATE]
+
+
+def test_atomic_write_gives_ordinary_permissions(tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(umask)
+    assert path.read_text() == "x" and path.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
