@@ -13,7 +13,7 @@ REPORT_OUT ?= $(REPORT_ROOT)
 REPORT_IMAGES ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all demo report reproduce lint format clean bench
+.PHONY: help install test test-fast demo report reproduce lint format clean bench
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -27,8 +27,11 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed ## create .venv and install xmr with its dev and wandb extras
 
-test: install ## run the test suite (what .ci/run calls)
+test: install ## run the whole test suite (what .ci/run calls)
 	$(BIN)/pytest -q
+
+test-fast: install ## the test suite without the slow end-to-end tests (`slow` marker): ~1 min on 2 cores
+	$(BIN)/pytest -q -m "not slow"
 
 demo: install ## SYNTHETIC demo: store, lists, 4 losses + DCCA/CMPM/VSE++/InfoNCE vs CLIP cosine, report
 	@echo "== xmr demo: SYNTHETIC data (seeded generator, shaped like Flickr30k, 2,000/200/200 images) =="

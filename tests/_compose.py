@@ -22,3 +22,15 @@ def make_cfg(tmp: Path, overrides: list[str], run: str = "run") -> DictConfig:
         cfg.paths.log_dir = str(tmp / "logs")
         cfg.paths.output_dir = str(tmp / run)
     return cfg
+
+
+def tiny_overrides(store: Path, *extra: str) -> list[str]:
+    """Overrides for a quick run on ``store`` with data=synthetic_tiny's settings (2 epochs)."""
+    return [
+        "data=synthetic_tiny",
+        f"data.store={store}",
+        "data.synth=null",
+        "trainer.max_epochs=2",
+        "trainer.enable_progress_bar=false",
+        *extra,
+    ]

@@ -42,6 +42,7 @@ def test_unknown_config_key_is_refused_by_hydra(override: str) -> None:
         compose("train", overrides=["data=synthetic_tiny", override])
 
 
+@pytest.mark.slow  # starts `python -m xmr.train` in a subprocess
 def test_unknown_key_on_the_command_line_fails_before_any_work(tmp_path: Path) -> None:
     env = {**os.environ, "XMR_LOGS": str(tmp_path / "logs"), "XMR_DATA": str(tmp_path / "data")}
     proc = subprocess.run(

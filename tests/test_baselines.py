@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from _compose import make_cfg
+from _compose import make_cfg, tiny_overrides
 from omegaconf import open_dict
 
-from xmr.data.store import FeatureStore, write_store
+from xmr.data.store import FeatureStore
 from xmr.eval import evaluate
 from xmr.models.baselines import (
     CMPMModel,
@@ -34,33 +34,6 @@ from xmr.utils.instantiate import instantiate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 MODELS = {"dcca": DCCAModel, "cmpm": CMPMModel, "vsepp": VSEPPModel, "infonce": InfoNCEModel}
-
-
-@pytest.fixture(scope="module")
-def diff_dims_store(tmp_path_factory) -> Path:
-    """A small store whose image (24-d) and text (12-d) spaces differ (joint_space: false):
-    captions are a fixed linear map of their image plus noise."""
-    root = tmp_path_factory.mktemp("diffdims") / "store"
-    rng = np.random.default_rng(0)
-    n = 80
-    img = rng.normal(size=(n, 24))
-    text_image = np.repeat(np.arange(n), 5)
-    w = rng.normal(size=(24, 12))
-    txt = img[text_image] @ w + 1.5 * rng.normal(size=(5 * n, 12))
-    split = np.zeros(n, np.uint8)
-    split[50:65], split[65:] = 1, 2
-    write_store(
-        root,
-        image_emb=img,
-        text_emb=txt,
-        text_image=text_image,
-        image_split=split,
-        images=[f"img{i}.jpg" for i in range(n)],
-        captions=[f"caption {i}" for i in range(5 * n)],
-        encoder={"name": "test-diff-dims"},
-        joint_space=False,
-    )
-    return root
 
 
 def _inv_sqrt_np(s: np.ndarray) -> np.ndarray:
@@ -201,8 +174,8 @@ def _pairs(store_path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("name", list(MODELS))
 @pytest.mark.parametrize("which", ["tiny", "diff_dims"])
-def test_each_baseline_loss_decreases(name, which, tiny_store, diff_dims_store) -> None:
-    path = tiny_store if which == "tiny" else diff_dims_store
+def test_each_baseline_loss_decreases(name, which, tiny_store, small_store) -> None:
+    path = tiny_store if which == "tiny" else small_store(joint_space=False)
     img, txt, iid = _pairs(path)
     torch.manual_seed(0)
     cfg = make_cfg(Path("/nonexistent"), [f"model={name}"])
@@ -258,28 +231,17 @@ def test_dcca_calibration_gives_the_canonical_variates() -> None:
     np.testing.assert_allclose(np.cov(u.numpy().T), np.eye(4), atol=1e-3)
 
 
-def _tiny_overrides(store: Path, *extra: str) -> list[str]:
-    return [
-        "data=synthetic_tiny",
-        f"data.store={store}",
-        "data.synth=null",
-        "trainer.max_epochs=2",
-        "trainer.enable_progress_bar=false",
-        *extra,
-    ]
-
-
 @pytest.mark.parametrize(
     "name, store_kind", [("dcca", "diff_dims"), ("cmpm", "diff_dims"), ("infonce", "tiny")]
 )
-def test_xmr_train_baseline_end_to_end(name, store_kind, tiny_store, diff_dims_store, tmp_path):
-    store = diff_dims_store if store_kind == "diff_dims" else tiny_store
+def test_xmr_train_baseline_end_to_end(name, store_kind, tiny_store, small_store, tmp_path):
+    store = small_store(joint_space=False) if store_kind == "diff_dims" else tiny_store
     extra = [f"model={name}", "model.pair_batch_size=64", "model.net.out_dim=16"]
     if store_kind == "diff_dims":
         extra.append("data.mining.strategy=random")  # no joint space: no cosine mining
     if name == "dcca":
         extra += ["model.net.out_dim=8", "model.net.hidden_sizes=[32]"]  # overrides win: last
-    cfg = make_cfg(tmp_path, _tiny_overrides(store, *extra))
+    cfg = make_cfg(tmp_path, tiny_overrides(store, *extra))
     results = train(cfg)
     out = Path(cfg.paths.output_dir)
     on_disk = json.loads((out / "results.json").read_text())

@@ -81,6 +81,7 @@ def full_run(shared: Path, tmp_path_factory: pytest.TempPathFactory) -> FeatureS
     return FeatureStore.open(path)
 
 
+@pytest.mark.slow  # full_run: an extraction of 200 real photos
 def test_store_shapes_norms_and_provenance(full_run: FeatureStore) -> None:
     fs = full_run
     assert (fs.num_images, fs.num_texts) == (200, 1000)
@@ -99,6 +100,7 @@ def test_store_shapes_norms_and_provenance(full_run: FeatureStore) -> None:
     assert enc["sources"]["annotations"] == str((FLICKR8K / "captions.tsv").resolve())
 
 
+@pytest.mark.slow  # full_run: an extraction of 200 real photos
 def test_store_rows_follow_the_captions_table(full_run: FeatureStore) -> None:
     """Image ids, captions, caption->image index and splits agree with the raw TSV + shared store."""
     fs = full_run
@@ -115,6 +117,7 @@ def test_store_rows_follow_the_captions_table(full_run: FeatureStore) -> None:
         assert fs.image_split[i] == ref_split[img]
 
 
+@pytest.mark.slow  # full_run: an extraction of 200 real photos
 def test_resume_after_interruption_equals_uninterrupted_run(
     full_run: FeatureStore, tmp_path: Path
 ) -> None:

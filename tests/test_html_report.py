@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _sweep import tiny_sweep_root
 from PIL import Image
-from test_report import tiny_sweep_root
 
 from xmr.data.store import FeatureStore, write_store
 from xmr.report.cli import main

@@ -6,6 +6,7 @@ real-data test on the shared flickr8k-1k zero-shot-bridge store (skipped when ab
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 import zipfile
@@ -13,8 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
+from xmr.data.datamodule import mining_tag
 from xmr.data.mining import (
+    MINING_DEFAULTS,
     CandidateLists,
     ListsError,
     MiningProblem,
@@ -25,8 +30,10 @@ from xmr.data.mining import (
     sample_pools,
 )
 from xmr.data.store import SPLITS, FeatureStore, write_store
+from xmr.prepare import mine_main
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
 REAL_STORE = SHARED / "data" / "flickr8k-1k" / "features" / "zeroshot-bridge"
 FILES = [(d, s) for s in ("train", "val", "test") for d in ("t2i", "i2t")]
 
@@ -492,6 +499,16 @@ def test_timing_mid_size(tmp_path: Path) -> None:
     assert read_lists_meta(out)["stats"]["i2t_train"]["num_lists"] == 8000
 
 
+def test_mining_defaults_are_defined_once_and_agree() -> None:
+    """conf/data/mining/default.yaml (the configs' defaults) equals MINING_DEFAULTS, which are
+    mine_lists's defaults and the lists directory name's."""
+    conf = OmegaConf.to_container(OmegaConf.load(REPO / "conf/data/mining/default.yaml"))
+    assert conf == MINING_DEFAULTS
+    params = inspect.signature(mine_lists).parameters
+    assert {k: params[k].default for k in MINING_DEFAULTS} == MINING_DEFAULTS
+    assert mining_tag({}) == "hard-p200-h50-t2i1-i2t1-s0"
+
+
 def test_tiny_store_fixture_defaults(tiny_store: Path, tmp_path: Path) -> None:
     """Paper defaults (pool 200, hard 50) on the shared tiny synthetic store (60/20/20 images)."""
     st = FeatureStore.open(tiny_store)
@@ -534,3 +551,21 @@ def test_real_flickr8k_zeroshot_bridge(tmp_path: Path) -> None:
         cos = np.einsum("qld,qd->ql", txt[lists.candidates], img[lists.queries])
         means.append(float(cos[lists.labels == 0].mean()))
     assert means[0] > means[1]
+
+
+def test_xmr_mine_overwrite_mines_existing_lists_again(tiny_store: Path, tmp_path: Path) -> None:
+    """``xmr mine`` keeps existing lists; with ``overwrite=true`` it mines them again (the same
+    bytes: the same inputs) and replaces them atomically."""
+    lists = tmp_path / "lists"
+    overrides = ["data=synthetic_tiny", f"data.store={tiny_store}", f"data.lists_dir={lists}"]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("prepare", overrides=overrides)
+    mine_main(cfg)
+    inode, data = (lists / "t2i_train.npz").stat().st_ino, (lists / "t2i_train.npz").read_bytes()
+    mine_main(cfg)
+    assert (lists / "t2i_train.npz").stat().st_ino == inode  # kept
+    cfg.overwrite = True
+    mine_main(cfg)
+    assert (lists / "t2i_train.npz").stat().st_ino != inode  # mined again
+    assert (lists / "t2i_train.npz").read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lists"]

@@ -2,7 +2,8 @@
 
 The tiny sweep (2 losses x 2 seeds + CLIP cosine, 1 epoch, on a tiny SYNTHETIC store, plus one
 failed and one missing job) is trained once per session in-process through ``xmr.train.train``
-and shared with tests/test_html_report.py and tests/test_sweeps.py via :func:`tiny_sweep_root`.
+(tests/_sweep.py, conftest's ``tiny_sweep`` fixture) and shared with tests/test_html_report.py and
+tests/test_sweeps.py.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from omegaconf import DictConfig
+from _sweep import LOSSES
 
 from xmr.report.cli import build_report, main
 from xmr.report.collect import assign_rows
@@ -29,64 +30,6 @@ from xmr.report.table import BASELINE, table
 from xmr.runs.naming import method_of_config
 
 REPO = Path(__file__).resolve().parents[1]
-LOSSES = ("listnet", "ranknet")
-SEEDS = (0, 1)
-
-
-def _base_overrides(root: Path) -> list[str]:
-    return [
-        "data=synthetic_tiny",
-        f"data.store={root / 'store'}",
-        "data.synth=null",
-        "trainer.max_epochs=1",
-        "trainer.enable_progress_bar=false",
-    ]
-
-
-def job_cfg(root: Path, *extra: str, run: str) -> DictConfig:
-    """The config of a job of the tiny sweep (``run``: its directory below ``root/runs``)."""
-    from test_train import make_cfg
-
-    return make_cfg(root, [*_base_overrides(root), *extra], f"runs/{run}")
-
-
-def tiny_sweep_root(base: Path) -> Path:
-    """Build the tiny sweep below ``base`` once (a marker file makes later calls free)."""
-    from xmr.data.synth import PRESETS, write_synthetic_store
-    from xmr.train import train
-
-    root = base / "xmr_tiny_sweep"
-    if (root / "done").exists():
-        return root
-    root.mkdir(parents=True, exist_ok=True)
-    if not (root / "store").exists():
-        write_synthetic_store(root / "store", PRESETS["tiny"])
-    for loss in LOSSES:
-        for seed in SEEDS:
-            train(job_cfg(root, f"loss={loss}", f"seed={seed}", run=f"loss={loss},seed={seed}"))
-    train(job_cfg(root, "model=cosine", run="clip_cosine"))
-    runs = root / "runs"
-    # A job that was interrupted: its config is written, no results.
-    config = yaml.safe_load((runs / "loss=listnet,seed=0" / "config.yaml").read_text())
-    config["seed"] = 2
-    (runs / "loss=listnet,seed=2").mkdir()
-    (runs / "loss=listnet,seed=2" / "config.yaml").write_text(yaml.safe_dump(config))
-    # A job that failed: failed.json as train.py writes it.
-    config["loss"] = yaml.safe_load((runs / "loss=ranknet,seed=0" / "config.yaml").read_text())[
-        "loss"
-    ]
-    error = "Traceback (most recent call last):\n  ...\nRuntimeError: loss is NaN at epoch 3"
-    (runs / "loss=ranknet,seed=2").mkdir()
-    (runs / "loss=ranknet,seed=2" / "failed.json").write_text(
-        json.dumps({"error": error, "config": config})
-    )
-    (root / "done").write_text("ok")
-    return root
-
-
-@pytest.fixture(scope="session")
-def tiny_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_sweep_root(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="module")

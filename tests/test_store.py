@@ -384,7 +384,7 @@ def test_overwrite_replaces_store(
     store_dir: Path, monkeypatch: pytest.MonkeyPatch, exchange: bool
 ) -> None:
     if not exchange:
-        monkeypatch.setattr(store_mod, "_exchange", lambda a, b: False)
+        monkeypatch.setattr("xmr.utils.io._exchange", lambda a, b: False)
     old = FeatureStore.open(store_dir).fingerprint()
     write_store(store_dir, **_inputs(seed=1), overwrite=True)
     new = FeatureStore.open(store_dir)

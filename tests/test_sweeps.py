@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from _sweep import job_cfg, tiny_sweep_root
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
-from test_report import job_cfg, tiny_sweep_root
 
 from xmr.runs.results import finished_results
 from xmr.train import train

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _compose import make_cfg
+from _compose import make_cfg, tiny_overrides
 from omegaconf import DictConfig
 
+from xmr.data.datamodule import mining_tag
 from xmr.data.mining import load_lists
-from xmr.data.store import FeatureStore, write_store
+from xmr.data.store import FeatureStore
 from xmr.eval import evaluate
 from xmr.metrics.functional import recall_hit_at_k
 from xmr.runs.results import load_predictions
@@ -23,44 +24,9 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
-@pytest.fixture(scope="module")
-def random_store(tmp_path_factory) -> Path:
-    """A small store with real structure: captions are noisy views of their image."""
-    root = tmp_path_factory.mktemp("store") / "store"
-    rng = np.random.default_rng(0)
-    n, d = 100, 16
-    img = rng.normal(size=(n, d))
-    text_image = np.repeat(np.arange(n), 5)
-    txt = img[text_image] + 0.9 * rng.normal(size=(5 * n, d))
-    split = np.zeros(n, np.uint8)
-    split[60:80], split[80:] = 1, 2
-    write_store(
-        root,
-        image_emb=img,
-        text_emb=txt,
-        text_image=text_image,
-        image_split=split,
-        images=[f"img{i}.jpg" for i in range(n)],
-        captions=[f"caption {i}" for i in range(5 * n)],
-        encoder={"name": "test-random"},
-        joint_space=True,
-    )
-    return root
-
-
-def tiny(store: Path, *extra: str) -> list[str]:
-    return [
-        "data=synthetic_tiny",
-        f"data.store={store}",
-        "data.synth=null",
-        "trainer.max_epochs=2",
-        "trainer.enable_progress_bar=false",
-        *extra,
-    ]
-
-
 GROUPS = [
     "data",
+    "data/mining",
     "model",
     "loss",
     "optimizer",
@@ -83,6 +49,10 @@ def test_every_config_option_composes_and_instantiates(tmp_path, group, option) 
     if group == "data":
         dm = instantiate(cfg.data)
         assert dm.directions
+    elif group == "data/mining":
+        dm = instantiate(cfg.data)
+        assert 1 <= dm.mining["hard"] <= dm.mining["pool"]
+        assert dm.lists_dir.name == mining_tag(cfg.data.mining)
     elif group == "model":
         net = instantiate(cfg.model.net)(query_dim=8, cand_dim=8)
         assert net(torch.zeros(2, 3, 16), torch.ones(2, 3, dtype=torch.bool)).shape == (2, 3)
@@ -140,14 +110,15 @@ def test_impossible_config_fails_before_any_work(tmp_path, override, match) -> N
 
 
 @pytest.fixture(scope="module")
-def trained_run(random_store, tmp_path_factory) -> tuple[Path, dict, DictConfig]:
+def trained_run(small_store, tmp_path_factory) -> tuple[Path, dict, DictConfig]:
     tmp = tmp_path_factory.mktemp("train")
-    cfg = make_cfg(tmp, tiny(random_store, "loss=listnet"))
+    cfg = make_cfg(tmp, tiny_overrides(small_store(joint_space=True), "loss=listnet"))
     results = train(cfg)
     return Path(cfg.paths.output_dir), results, cfg
 
 
-def test_run_writes_results_checkpoint_predictions(trained_run, random_store) -> None:
+def test_run_writes_results_checkpoint_predictions(trained_run, small_store) -> None:
+    random_store = small_store(joint_space=True)
     out, results, _ = trained_run
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["method"] == "listnet" and on_disk["seed"] == 0
@@ -184,16 +155,22 @@ def test_eval_rebuilds_the_run_and_reproduces_its_metrics(trained_run, tmp_path)
     assert (tmp_path / "predictions_t2i.npz").exists() and (tmp_path / "eval_results.json").exists()
 
 
-def test_same_seed_same_numbers(random_store, tmp_path) -> None:
-    a = train(make_cfg(tmp_path, tiny(random_store, "loss=ranknet", "data.direction=t2i"), "a"))
-    b = train(make_cfg(tmp_path, tiny(random_store, "loss=ranknet", "data.direction=t2i"), "b"))
+def test_same_seed_same_numbers(small_store, tmp_path) -> None:
+    random_store = small_store(joint_space=True)
+    a = train(
+        make_cfg(tmp_path, tiny_overrides(random_store, "loss=ranknet", "data.direction=t2i"), "a")
+    )
+    b = train(
+        make_cfg(tmp_path, tiny_overrides(random_store, "loss=ranknet", "data.direction=t2i"), "b")
+    )
     keys = [k for k in a if k.startswith(("test/", "val/", "best_val/"))]
     assert keys and all(a[k] == b[k] for k in keys)
     assert not any(k.startswith("test/i2t") for k in a)  # one direction trained
 
 
-def test_cosine_baseline_matches_direct_computation(random_store, tmp_path) -> None:
-    results = train(make_cfg(tmp_path, tiny(random_store, "model=cosine")))
+def test_cosine_baseline_matches_direct_computation(small_store, tmp_path) -> None:
+    random_store = small_store(joint_space=True)
+    results = train(make_cfg(tmp_path, tiny_overrides(random_store, "model=cosine")))
     assert results["method"] == "clip_cosine" and results["checkpoint"] is None
     store = FeatureStore.open(random_store)
     lists_dir = Path(random_store) / "lists" / "hard-p30-h10-t2i1-i2t1-s0"

@@ -45,6 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xmr.data.adapters import CaptionDataset, DatasetError, build_dataset
 from xmr.data.store import write_store
+from xmr.utils.io import WORK_STATE, WorkDirMismatch, atomic_write, resume_work_dir
 from xmr.utils.paths import CONF_DIR
 
 __all__ = ["ExtractError", "load_open_clip", "main", "run_extraction", "work_dir_for"]
@@ -272,13 +273,14 @@ def _chunk_done(path: Path, rows: int) -> bool:
     return arr.ndim == 2 and arr.shape[0] == rows
 
 
-def _save_atomic(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        np.save(fh, arr, allow_pickle=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def _save_chunk(path: Path, arr: np.ndarray) -> None:
+    """Write one chunk file atomically (complete or absent)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.save(fh, arr, allow_pickle=False)
+
+    atomic_write(path, write)
 
 
 def _encode_kind(
@@ -340,7 +342,7 @@ def _encode_kind(
             encoded += x.shape[0]
             bar.update(x.shape[0])
             if last:
-                _save_atomic(_chunk_path(work, kind, k), np.concatenate(parts))
+                _save_chunk(_chunk_path(work, kind, k), np.concatenate(parts))
                 parts = []
                 if on_chunk is not None:
                     on_chunk(kind, k)
@@ -368,29 +370,24 @@ def _plain(cfg: Any) -> dict[str, Any]:
 
 
 def _prepare_work_dir(work: Path, key: dict[str, Any], restart: bool) -> None:
-    state_path = work / "state.json"
+    """Make ``work`` the work directory of ``key``; refuse one made from another config."""
     if restart and work.exists():
         log.info("restart=true: removing %s", work)
         shutil.rmtree(work)
-    if state_path.is_file():
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-        old = state.get("key", {})
-        diff = sorted(k for k in set(old) | set(key) if old.get(k) != key.get(k))
-        if state.get("format") != STATE_FORMAT or diff:
-            raise ExtractError(
-                f"{state_path}: the partial extraction there was made with a different config "
-                f"(differs in: {diff or ['format']}); rerun with the same config to resume, or "
-                f"pass restart=true (or delete {work}) to start over"
-            )
-        return
-    if (work / "chunks").is_dir() and any((work / "chunks").iterdir()):
+    chunks = work / "chunks"
+    if not (work / WORK_STATE).is_file() and chunks.is_dir() and any(chunks.iterdir()):
         raise ExtractError(
-            f"{work}: chunk files without state.json; delete the folder or pass restart=true"
+            f"{work}: chunk files without {WORK_STATE}; delete the folder or pass restart=true"
         )
-    (work / "chunks").mkdir(parents=True, exist_ok=True)
-    tmp = state_path.with_name("state.json.tmp")
-    tmp.write_text(json.dumps({"format": STATE_FORMAT, "key": key}, indent=1), encoding="utf-8")
-    os.replace(tmp, state_path)
+    try:
+        resume_work_dir(work, key, fmt=STATE_FORMAT, on_mismatch="raise")
+    except WorkDirMismatch as exc:
+        raise ExtractError(
+            f"{work / WORK_STATE}: the partial extraction there was made with a different "
+            f"config (differs in: {exc.differs}); rerun with the same config to resume, or "
+            f"pass restart=true (or delete {work}) to start over"
+        ) from exc
+    chunks.mkdir(exist_ok=True)
 
 
 def run_extraction(cfg: Any, *, on_chunk: ChunkHook | None = None) -> Path:

@@ -7,7 +7,6 @@ xmr mine data=flickr30k data.store=/path/to/store
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -19,6 +18,7 @@ from omegaconf import DictConfig
 from xmr.data.datamodule import prepare_store_and_lists
 from xmr.data.mining import mine_lists
 from xmr.data.store import FeatureStore
+from xmr.data.synth import synth_config, write_synthetic_store
 from xmr.utils.instantiate import instantiate
 from xmr.utils.paths import CONF_DIR
 
@@ -32,13 +32,9 @@ def _datamodule(cfg: DictConfig):  # noqa: ANN202
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="prepare")
 def synth_main(cfg: DictConfig) -> None:
     """Generate the data config's synthetic store (refuses a data config without `synth`)."""
-    from xmr.data.synth import PRESETS, SynthConfig, write_synthetic_store
-
     if not cfg.data.get("synth"):
         raise SystemExit(f"data={cfg.data.get('name')}: this data config has no `synth` block")
-    opts = dict(cfg.data.synth)
-    preset = opts.pop("preset", None)
-    synth_cfg = dataclasses.replace(PRESETS[preset] if preset else SynthConfig(), **opts)
+    synth_cfg = synth_config(cfg.data.synth)
     store = Path(cfg.data.store)
     if (store / "manifest.json").exists() and not cfg.overwrite:
         print(f"{store}: store exists (pass overwrite=true to regenerate)")
@@ -53,8 +49,9 @@ def mine_main(cfg: DictConfig) -> None:
     """Mine the data config's candidate lists (generating a synthetic store first if needed)."""
     dm = _datamodule(cfg)
     t0 = time.perf_counter()
+    existed = (dm.lists_dir / "lists.json").exists()
     prepare_store_and_lists(dm.store_path, dm.lists_dir, dm.synth, dm.mining)
-    if cfg.overwrite and t0 > 0 and (dm.lists_dir / "lists.json").stat().st_mtime < t0:
+    if cfg.overwrite and existed:
         # Lists were there already: mine again, replacing them atomically.
         mine_lists(FeatureStore.open(dm.store_path), dm.lists_dir, overwrite=True, **dm.mining)
     meta = json.loads((dm.lists_dir / "lists.json").read_text())

@@ -43,21 +43,14 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 LOSSES = ("lambdarank", "neural_ndcg", "listnet", "ranknet")
 
-# Measured on the reference machine: 2 CPU cores, no GPU, shared with other work (load average
-# 6-14 during the measurement), paper-scale SYNTHETIC store (29,000 train lists per direction,
-# 50 hard negatives + 1 positive, 512-d), `REPRO_EPOCHS=1 REPRO_SEEDS=1`: the LambdaRank job
-# (both directions, one epoch + validation + test) took 2,128 s wall (~18 CPU-minutes); the
-# CLIP-cosine job (no training) took 13 s. An idle 2-core machine should be up to ~2-4x faster;
-# plug in your own numbers with REPRO_SEC_PER_EPOCH / REPRO_SEC_PER_JOB / REPRO_SEC_PREPARE.
-# Re-measured with `threads: 1` (the default since) on an idle 2-core machine: `xmr train
-# experiment=paper loss=listnet trainer.max_epochs=1` took 103 s wall in all, about 90 s of it the
-# epoch (58,000 lists, both directions) + validation; peak RSS 1.59 GB.
-# After the fast encoder / Sinkhorn (issue 6), same machine: one-epoch jobs took 57 s (listnet)
-# and 61 s (lambdarank) wall as two parallel single-thread jobs, 66 s (neural_ndcg) alone, of
-# which ~10-15 s are start-up, test and writing results.
+# The estimate's constants, for a 2-core CPU machine without a GPU (`threads: 1`) at paper scale
+# (SYNTHETIC paper-scale store: 29,000 train lists per direction, 50 hard negatives + 1 positive,
+# 512-d): a one-epoch job of `xmr train experiment=paper` takes about 60 s wall there, 10-15 s of
+# it start-up, test and writing results. On a busier or faster machine plug in your own numbers
+# with REPRO_SEC_PER_EPOCH / REPRO_SEC_PER_JOB / REPRO_SEC_PREPARE.
 SEC_PER_EPOCH = 50.0  # one epoch of one ranker job (both directions) incl. validation
 SEC_PER_JOB = 15.0  # start-up, data loading, test and writing results of one job
-SEC_PREPARE = 120.0  # generating + mining the paper-scale synthetic store (once; not re-measured)
+SEC_PREPARE = 120.0  # generating + mining the paper-scale synthetic store (once)
 
 
 @dataclass
@@ -238,9 +231,9 @@ def main() -> None:
         + ([f"data.store={plan.store}"] if plan.store else [])
     )
     t_prepare = time.perf_counter() - t0
-    # Baselines get the same data (hence the very same lists: the data configs' mining defaults
-    # are the paper's 200/50) but not experiment=paper, whose ranker settings (model.net.*)
-    # do not apply to other models.
+    # Baselines get the same data (hence the very same lists: the data configs' mining defaults,
+    # conf/data/mining/default.yaml, are the paper's) but not experiment=paper, whose ranker
+    # settings (model.net.*) do not apply to other models.
     base = [c for c in common if c != "experiment=paper"]
     _run(
         [

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from xmr.data.store import SPLITS
+from xmr.data.store import SPLITS, FeatureStore
 
 __all__ = [
     "ADAPTERS",
@@ -534,8 +534,6 @@ def _seeded_split(n: int, fractions: Sequence[float], seed: int) -> np.ndarray:
 def _split_from_store(
     store_path: str | os.PathLike[str], images: Sequence[str], table: Path
 ) -> np.ndarray:
-    from xmr.data.store import FeatureStore
-
     store = FeatureStore.open(store_path, check_norms=False)
     store_split = dict(zip(store.images(), store.image_split.tolist(), strict=True))
     absent = [rel for rel in images if rel not in store_split]

@@ -3,7 +3,6 @@
 Pair features are gathered from the embedding tables at batch time — never a materialised
 ``(Q, L, D)`` array. A batch (see docs/DESIGN.md) is a dict::
 
-    x          (B, L, D_q + D_c) float32   pair features [query ; candidate]
     q          (B, D_q)          float32   query embedding
     c          (B, L, D_c)       float32   candidate embeddings (zeros at padding)
     labels     (B, L)            float32   1 relevant, 0 not (0 at padding)
@@ -20,7 +19,6 @@ direction, in the order of :attr:`XMRDataModule.directions`.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -33,8 +31,9 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from xmr.data.mining import load_lists, mine_lists
+from xmr.data.mining import MINING_DEFAULTS, load_lists, mine_lists
 from xmr.data.store import DIRECTIONS, FeatureStore
+from xmr.data.synth import synth_config, write_synthetic_store
 
 log = logging.getLogger(__name__)
 
@@ -338,11 +337,12 @@ def train_order_seed(seed: int, direction: str) -> int:
 
 
 def mining_tag(mining: Mapping[str, Any]) -> str:
-    """A directory name that spells out the mining options, e.g. ``hard-p200-h50-t2i1-i2t1-s0``."""
-    m = dict(mining)
+    """A directory name that spells out the mining options, e.g. ``hard-p200-h50-t2i1-i2t1-s0``
+    (options not given take :data:`xmr.data.mining.MINING_DEFAULTS`)."""
+    m = {**MINING_DEFAULTS, **mining}
     return (
-        f"{m.get('strategy', 'hard')}-p{m.get('pool', 200)}-h{m.get('hard', 50)}"
-        f"-t2i{m.get('t2i_captions_per_image', 1)}-i2t{m.get('i2t_positives', 1)}-s{m.get('seed', 0)}"
+        f"{m['strategy']}-p{m['pool']}-h{m['hard']}"
+        f"-t2i{m['t2i_captions_per_image']}-i2t{m['i2t_positives']}-s{m['seed']}"
     )
 
 
@@ -360,13 +360,7 @@ def prepare_store_and_lists(
                 "`synth` block to generate one. Point data.store at an xmr-features/1 store "
                 "(see `xmr extract`) or use data=synthetic_demo."
             )
-        from xmr.data.synth import PRESETS, SynthConfig, write_synthetic_store
-
-        opts = dict(synth)
-        preset = opts.pop("preset", None)
-        if preset is not None and preset not in PRESETS:
-            raise ValueError(f"data.synth.preset={preset!r}: one of {sorted(PRESETS)}")
-        cfg = dataclasses.replace(PRESETS[preset] if preset else SynthConfig(), **opts)
+        cfg = synth_config(synth)
         log.info("generating SYNTHETIC feature store at %s (%s)", store, cfg)
         write_synthetic_store(store, cfg)
     if not (lists_dir / "lists.json").exists():

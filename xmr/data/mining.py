@@ -56,25 +56,32 @@ uninterrupted run: each file is a function of the store, parameters and seed alo
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
-from xmr.data.store import DIRECTIONS, SPLITS
-
-if TYPE_CHECKING:  # pragma: no cover
-    from xmr.data.store import FeatureStore
+from xmr.data.store import DIRECTIONS, SPLITS, FeatureStore
+from xmr.utils.io import atomic_write, atomic_write_text, publish_dir, resume_work_dir
 
 LISTS_FORMAT = "xmr-lists/1"
 SPLIT_CODES: dict[str, int] = dict(SPLITS)
 STRATEGIES: tuple[str, ...] = ("hard", "random")
+#: The paper's mining settings, the defaults of :func:`mine_lists` and of the lists directory's
+#: name (:func:`xmr.data.datamodule.mining_tag`); conf/data/mining/default.yaml holds the same.
+MINING_DEFAULTS: dict[str, Any] = {
+    "pool": 200,
+    "hard": 50,
+    "t2i_captions_per_image": 1,
+    "i2t_positives": 1,
+    "seed": 0,
+    "strategy": "hard",
+}
 RNG_BLOCK = 256  # queries per RNG stream (and per compute chunk); part of the output's definition
 _DIRECTION_CODES = {"t2i": 0, "i2t": 1}
 _STAGE_SELECT, _STAGE_POOL = 0, 1
@@ -82,6 +89,8 @@ _STAGE_SELECT, _STAGE_POOL = 0, 1
 # `pool` negatives; otherwise by the k smallest of per-candidate random keys (exact, O(B * n)).
 _REJECTION_FACTOR = 4
 _GATHER_CHUNK = 32  # queries per embedding gather (compute only; does not change the output)
+_PARTIAL_FORMAT = "xmr-lists-partial/1"  # format of the resumable work directory's state.json
+_STATS_SUFFIX = ".stats.json"  # beside each finished file in the work directory
 
 
 class ListsError(ValueError):
@@ -123,16 +132,6 @@ class CandidateLists:
 def lists_filename(direction: str, split: str) -> str:
     """File name of one (direction, split) inside a lists directory, e.g. ``t2i_train.npz``."""
     return f"{direction}_{split}.npz"
-
-
-def default_lists_dir(store_root: str | Path, tag: str) -> Path:
-    """The default location of a lists directory: ``<store>/lists/<tag>`` (see docs/DESIGN.md).
-
-    Shared stores are read-only; pass any other directory to :func:`mine_lists` there.
-    """
-    if not tag or "/" in tag or tag.startswith("."):
-        raise ListsError(f"tag: must be a plain directory name, got {tag!r}")
-    return Path(store_root) / "lists" / tag
 
 
 # --------------------------------------------------------------------------------------------
@@ -597,12 +596,12 @@ def mine_lists(
     store: FeatureStore,
     out_dir: str | Path,
     *,
-    pool: int = 200,
-    hard: int = 50,
-    t2i_captions_per_image: int | Literal["all"] = 1,
-    i2t_positives: int | Literal["all"] = 1,
-    seed: int = 0,
-    strategy: str = "hard",
+    pool: int = MINING_DEFAULTS["pool"],
+    hard: int = MINING_DEFAULTS["hard"],
+    t2i_captions_per_image: int | Literal["all"] = MINING_DEFAULTS["t2i_captions_per_image"],
+    i2t_positives: int | Literal["all"] = MINING_DEFAULTS["i2t_positives"],
+    seed: int = MINING_DEFAULTS["seed"],
+    strategy: str = MINING_DEFAULTS["strategy"],
     splits: Sequence[str] = ("train", "val", "test"),
     overwrite: bool = False,
     verbose: bool = False,
@@ -690,7 +689,10 @@ def mine_lists(
         "params": params,
         "seed": int(seed),
     }
-    tmp = _partial_dir(out_dir, key)
+    # The work directory: resumable, each finished file stays there until the whole directory
+    # is published, so a run started again after a kill with the same key mines only what is
+    # missing; a work directory of another key is discarded.
+    tmp = resume_work_dir(out_dir.parent / f".{out_dir.name}.partial", key, fmt=_PARTIAL_FORMAT)
     try:
         stats: dict[str, Any] = {}
         for split in splits:
@@ -745,17 +747,14 @@ def mine_lists(
                 if s["lists_with_extra_positives"]:  # pragma: no cover - internal bug
                     raise AssertionError(f"{name}: a relevant item entered through the pool")
                 stats[name.removesuffix(".npz")] = s
-                _write_npz(
-                    tmp / f"{name}.tmp",
-                    {
-                        "queries": lists.queries,
-                        "candidates": lists.candidates,
-                        "labels": lists.labels,
-                    },
-                )
-                os.replace(tmp / f"{name}.tmp", tmp / name)
+                arrays = {
+                    "queries": lists.queries,
+                    "candidates": lists.candidates,
+                    "labels": lists.labels,
+                }
+                atomic_write(tmp / name, lambda path, arrays=arrays: _write_npz(path, arrays))
                 # The stats file marks the file finished (written after it, atomically).
-                _write_json_atomic(tmp / f"{name}{_STATS_SUFFIX}", s)
+                atomic_write_text(tmp / f"{name}{_STATS_SUFFIX}", json.dumps(s, indent=1) + "\n")
                 if verbose:
                     print(
                         f"mined {name}: {s['num_lists']} lists x {s['list_length']} "
@@ -769,56 +768,15 @@ def mine_lists(
             "seed": int(seed),
             "stats": stats,
         }
-        for extra in [tmp / _PARTIAL_STATE, *tmp.glob(f"*{_STATS_SUFFIX}")]:
-            extra.unlink()
         (tmp / "lists.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        published = [lists_filename(d, split) for split in splits for d in DIRECTIONS]
+        publish_dir(tmp, out_dir, replace=True, keep=[*published, "lists.json"])
     except Exception:
         # An error would recur: leave nothing. An interruption (Ctrl-C, SIGKILL) keeps the
         # finished files in the partial directory for the next run with the same key.
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
-
-
-_PARTIAL_STATE = "state.json"
-_PARTIAL_FORMAT = "xmr-lists-partial/1"
-_STATS_SUFFIX = ".stats.json"
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    part = path.with_name(path.name + ".tmp")
-    part.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-    os.replace(part, path)
-
-
-def _partial_dir(out_dir: Path, key: dict[str, Any]) -> Path:
-    """The work directory ``<parent>/.<name>.partial`` of a mining run, ready for ``key``.
-
-    Mining is resumable: each finished ``(direction, split)`` file stays there (with its stats)
-    until the whole directory is published, so a run started again after a kill with the same
-    store, parameters and seed (``key``, recorded in ``state.json``) mines only what is missing.
-    A work directory left by a run with another key is discarded.
-    """
-    tmp = out_dir.parent / f".{out_dir.name}.partial"
-    state_path = tmp / _PARTIAL_STATE
-    if tmp.exists():
-        try:
-            state = json.loads(state_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            state = None
-        if state == {"format": _PARTIAL_FORMAT, "key": json.loads(json.dumps(key))}:
-            return tmp
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    _write_json_atomic(state_path, {"format": _PARTIAL_FORMAT, "key": key})
-    return tmp
 
 
 def _finished_file(

@@ -15,8 +15,9 @@ generator) writes once and every later step reads, memory-mapped::
     captions.txt     num_texts lines         caption text, one line each
 
 :meth:`FeatureStore.open` checks every invariant and raises :class:`StoreError` with a message
-``"<file>: <rule broken>"``. :func:`write_store` writes atomically (temp sibling directory, fsync,
-validate by re-opening, then rename), so a crash never leaves a half-written store at ``path``.
+``"<file>: <rule broken>"``. :func:`write_store` writes atomically (temp sibling directory,
+validate by re-opening, then :func:`xmr.utils.io.publish_dir`: fsync, rename), so a crash never
+leaves a half-written store at ``path``.
 
 Text files are UTF-8 and split on ``"\\n"`` only. The writer turns every line-breaking character
 (``\\n``, ``\\r``, ``\\v``, ``\\f``, ``\\x1c``-``\\x1e``, ``\\x85``, ``\\u2028``, ``\\u2029``)
@@ -27,9 +28,6 @@ tool reads it; image ids containing such characters are rejected (they name file
 from __future__ import annotations
 
 import codecs
-import ctypes
-import ctypes.util
-import errno
 import hashlib
 import json
 import os
@@ -40,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from xmr.utils.io import publish_dir
 
 __all__ = [
     "FORMAT",
@@ -468,49 +468,14 @@ def _normalized(x: np.ndarray, name: str, dtype: np.dtype, normalize: bool) -> n
     return out
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _save_npy(path: Path, arr: np.ndarray) -> None:
     with open(path, "wb") as fh:
         np.save(fh, arr, allow_pickle=False)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _save_text(path: Path, text: str) -> None:
     with open(path, "w", encoding="utf-8", newline="\n") as fh:
         fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-_RENAME_EXCHANGE = 2
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two directories (Linux ``renameat2(RENAME_EXCHANGE)``); False if unsupported."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd = -100
-    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
-    if rc == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, os.strerror(err), str(a))
 
 
 def write_store(
@@ -545,11 +510,10 @@ def write_store(
             (within :data:`NORM_TOLERANCE`).
         overwrite: replace an existing store at ``path``; otherwise an existing path is an error.
 
-    Files are written into ``<path>.tmp-<pid>``, fsynced, validated with :meth:`FeatureStore.open`,
-    and only then renamed to ``path``. An existing store is swapped out atomically (Linux
-    ``RENAME_EXCHANGE``; elsewhere two renames, the old store parked at ``<path>.old-<pid>`` until
-    the new one is in place), so ``path`` never holds a mix. On any error the temp directory is
-    removed and an old store stays untouched.
+    Files are written into ``<path>.tmp-<pid>``, validated with :meth:`FeatureStore.open`, and
+    only then published at ``path`` by :func:`xmr.utils.io.publish_dir` (fsync, rename; an
+    existing store is swapped out in one step), so ``path`` never holds a mix. On any error the
+    temp directory is removed and an old store stays untouched.
     """
     target = Path(path)
     if target.exists() and not overwrite:
@@ -626,22 +590,10 @@ def write_store(
         _save_text(tmp / IMAGES_TXT, "".join(s + "\n" for s in image_ids))
         _save_text(tmp / CAPTIONS_TXT, "".join(s + "\n" for s in caption_lines))
         _save_text(tmp / MANIFEST, manifest_text)  # last: a store without it never validates
-        _fsync_path(tmp)
         FeatureStore.open(tmp)  # validate before publishing
-
-        if target.exists():
-            if not overwrite:
-                raise FileExistsError(f"{target}: appeared while writing (overwrite=False)")
-            if _exchange(tmp, target):
-                shutil.rmtree(tmp)  # tmp now holds the old store
-            else:
-                old = target.with_name(f"{target.name}.old-{os.getpid()}")
-                os.replace(target, old)
-                os.replace(tmp, target)
-                shutil.rmtree(old)
-        else:
-            os.replace(tmp, target)
-        _fsync_path(target.parent)
+        if target.exists() and not overwrite:
+            raise FileExistsError(f"{target}: appeared while writing (overwrite=False)")
+        publish_dir(tmp, target, replace=overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,7 @@ import numpy as np
 
 from xmr.data.store import SPLITS, write_store
 
-__all__ = ["PRESETS", "SynthConfig", "generate", "write_synthetic_store"]
+__all__ = ["PRESETS", "SynthConfig", "generate", "synth_config", "write_synthetic_store"]
 
 #: Images generated per vectorised step (fixed: part of the determinism contract).
 _CHUNK_IMAGES = 4096
@@ -202,6 +203,17 @@ def generate(cfg: SynthConfig) -> dict[str, Any]:
         "captions": captions,
         "image_topic": image_topic,
     }
+
+
+def synth_config(options: Mapping[str, Any]) -> SynthConfig:
+    """The :class:`SynthConfig` of a data config's ``synth`` block: ``preset`` (a name in
+    :data:`PRESETS`; absent or null = the :class:`SynthConfig` defaults) with every other key
+    replacing that field."""
+    opts = dict(options)
+    preset = opts.pop("preset", None)
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"data.synth.preset={preset!r}: one of {sorted(PRESETS)}")
+    return dataclasses.replace(PRESETS[preset] if preset else SynthConfig(), **opts)
 
 
 def write_synthetic_store(

@@ -10,6 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from xmr.data.mining import MINING_DEFAULTS
 from xmr.models.scorer import scorer_kind
 from xmr.utils.instantiate import ConfigError, check_targets
 
@@ -29,7 +30,7 @@ def validate_config(cfg: DictConfig) -> None:
     if data.get("direction") not in ("t2i", "i2t", "both"):
         raise ConfigError(f"data.direction={data.get('direction')!r}: one of t2i, i2t, both")
     mining = data.get("mining") or {}
-    pool, hard = mining.get("pool", 200), mining.get("hard", 50)
+    pool, hard = (mining.get(k, MINING_DEFAULTS[k]) for k in ("pool", "hard"))
     _positive_int(cfg, "data.mining.pool", pool)
     _positive_int(cfg, "data.mining.hard", hard)
     if hard > pool:

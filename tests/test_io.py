@@ -1,0 +1,106 @@
+"""xmr.utils.io: atomic publishing of a directory and resumable work directories."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from xmr.utils.io import (
+    WORK_STATE,
+    WorkDirMismatch,
+    atomic_write_text,
+    publish_dir,
+    resume_work_dir,
+)
+
+
+def _dir(path: Path, **files: str) -> Path:
+    path.mkdir()
+    for name, text in files.items():
+        (path / name).write_text(text)
+    return path
+
+
+def test_publish_dir_renames_and_keeps_only_named_entries(tmp_path: Path) -> None:
+    tmp = _dir(tmp_path / ".out.partial", a="1", b="2", **{WORK_STATE: "{}"})
+    publish_dir(tmp, tmp_path / "out", keep=["a", "b"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a", "b"]
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-exchange", "two-renames"])
+def test_publish_dir_replaces_only_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exchange: bool
+) -> None:
+    if not exchange:
+        monkeypatch.setattr("xmr.utils.io._exchange", lambda a, b: False)
+    target = _dir(tmp_path / "out", old="x")
+    with pytest.raises(FileExistsError):
+        publish_dir(_dir(tmp_path / "new", a="1"), target)
+    assert [p.name for p in target.iterdir()] == ["old"]
+    publish_dir(tmp_path / "new", target, replace=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert [p.name for p in target.iterdir()] == ["a"]
+
+
+def test_failed_second_rename_puts_the_old_directory_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("xmr.utils.io._exchange", lambda a, b: False)
+    target = _dir(tmp_path / "out", old="x")
+    tmp = _dir(tmp_path / "new", a="1")
+    real_replace = os.replace
+
+    def flaky(src: object, dst: object) -> None:
+        if Path(str(src)) == tmp:
+            raise OSError("rename failed (simulated)")
+        real_replace(src, dst)
+
+    monkeypatch.setattr("xmr.utils.io.os.replace", flaky)
+    with pytest.raises(OSError, match="simulated"):
+        publish_dir(tmp, target, replace=True)
+    assert [p.name for p in target.iterdir()] == ["old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "out"]
+
+
+def test_resume_work_dir_keeps_parts_of_the_same_key(tmp_path: Path) -> None:
+    work = resume_work_dir(tmp_path / "w", {"a": 1, "t": (1, 2)}, fmt="f/1")
+    (work / "part").write_text("done")
+    assert json.loads((work / WORK_STATE).read_text()) == {
+        "format": "f/1",
+        "key": {"a": 1, "t": [1, 2]},
+    }
+    # The same key (compared after a JSON round trip: a tuple equals its list) resumes.
+    assert resume_work_dir(work, {"a": 1, "t": [1, 2]}, fmt="f/1") == work
+    assert (work / "part").read_text() == "done"
+
+
+def test_resume_work_dir_of_another_key_is_discarded_or_refused(tmp_path: Path) -> None:
+    work = resume_work_dir(tmp_path / "w", {"a": 1, "b": 2}, fmt="f/1")
+    (work / "part").write_text("done")
+    with pytest.raises(WorkDirMismatch, match=r"differs in: \['b'\]"):
+        resume_work_dir(work, {"a": 1, "b": 3}, fmt="f/1", on_mismatch="raise")
+    with pytest.raises(WorkDirMismatch, match=r"differs in: \['format'\]"):
+        resume_work_dir(work, {"a": 1, "b": 2}, fmt="f/2", on_mismatch="raise")
+    assert (work / "part").exists()
+    resume_work_dir(work, {"a": 1, "b": 3}, fmt="f/1")
+    assert sorted(p.name for p in work.iterdir()) == [WORK_STATE]
+
+
+def test_resume_work_dir_with_a_damaged_state_starts_over(tmp_path: Path) -> None:
+    work = _dir(tmp_path / "w", part="stale", **{WORK_STATE: "{not json"})
+    resume_work_dir(work, {"a": 1}, fmt="f/1")
+    assert sorted(p.name for p in work.iterdir()) == [WORK_STATE]
+
+
+def test_atomic_write_gives_ordinary_permissions(tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(umask)
+    assert path.read_text() == "x" and path.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
