@@ -30,6 +30,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from xmr.data.datamodule import XMRDataModule
+from xmr.metrics.ranking import rsum
 from xmr.metrics.retrieval import ListRetrievalMetrics
 from xmr.models.ensemble import (
     EnsembleRanker,
@@ -37,7 +38,7 @@ from xmr.models.ensemble import (
     clip_grad_norm_per_member,
     ensemble_losses,
 )
-from xmr.models.module import RSUM_KS, RankingModule
+from xmr.models.module import RankingModule
 from xmr.models.ranker import ContextAwareRanker
 from xmr.train import build_module, output_dir_of, test_record
 from xmr.utils.instantiate import ConfigError, instantiate
@@ -151,13 +152,8 @@ def _validate(
                 out[e][f"val/{d}/{name}"] = torch.as_tensor(value, dtype=torch.float32)
             out[e][f"val/{d}/loss"] = (loss_sum[e] / max(count, 1)).float()
     for e in range(E):
-        rsum = torch.zeros((), device=device)
-        for d in ensembles:
-            for k in RSUM_KS:
-                key = f"val/{d}/recall@{k}"
-                if key in out[e]:
-                    rsum = rsum + 100.0 * out[e][key].to(rsum.device)
-        out[e]["val/rsum"] = rsum
+        total = rsum(out[e], "val", ensembles)
+        out[e]["val/rsum"] = torch.zeros((), device=device) if total is None else total
     return out
 
 
