@@ -79,7 +79,8 @@ def pessimistic_order(scores: Tensor, labels: Tensor | None, mask: Tensor) -> Te
 
     Returns:
         ``(B, L)`` int64: row ``b`` lists list ``b``'s positions best first, its real candidates
-        first and its padded positions last. ``candidates.gather(1, order)`` is the ranked list.
+        first and its padded positions last (among themselves by label, then position).
+        ``candidates.gather(1, order)`` is the ranked list.
     """
     # Ascending key: -score; a NaN score becomes +inf (as a -inf score), padding becomes NaN,
     # which sorts after +inf.
