@@ -22,6 +22,7 @@ from xmr.metrics.ranking import (
     ideal_dcg,
     pessimistic_order,
     pessimistic_ranks,
+    pessimistic_topk,
     ranked_recall_at_k,
     ranked_recall_curve,
     rsum,
@@ -138,6 +139,21 @@ def test_ranks_by_sorting_equal_the_pairwise_definition(seed: int) -> None:
     assert torch.equal(
         pessimistic_order(scores, None, mask), pessimistic_order(scores, no_labels, mask)
     )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_topk_is_the_head_of_the_order(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for trial in range(40):
+        b, length = 5, int(torch.randint(1, 60, (1,), generator=g))
+        scores = torch.randint(0, 5, (b, length), generator=g).float()  # many ties
+        odd = torch.rand(b, length, generator=g)
+        scores = scores.masked_fill(odd < 0.1, NAN).masked_fill(odd > 0.93, -INF)
+        labels = torch.randint(0, 3, (b, length), generator=g).float() if trial % 3 else None
+        mask = torch.rand(b, length, generator=g) < (0.2 if trial % 2 else 0.9)  # short lists
+        for k in (1, 2, 5, 10, 100):
+            want = pessimistic_order(scores, labels, mask)[:, :k]
+            assert torch.equal(pessimistic_topk(scores, labels, mask, k), want)
 
 
 def test_order_is_vmap_safe() -> None:

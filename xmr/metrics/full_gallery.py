@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xmr.data.store import FeatureStore
-from xmr.metrics.ranking import pessimistic_order, ranked_recall_at_k, rsum
+from xmr.metrics.ranking import pessimistic_order, pessimistic_topk, ranked_recall_at_k, rsum
 from xmr.models.ranker import CosineScorer
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,7 @@ def rerank_recall(
     n_q, n_g = query_feats.shape[0], gallery_feats.shape[0]
     k_cut = max(1, min(int(top_k), n_g))
     ks = tuple(int(k) for k in ks)
+    top = max(k_cut, *ks)  # the first stage's positions that are read
     hits = {k: 0 for k in ks}
     first_hits = {k: 0 for k in ks}
     covered = 0
@@ -132,15 +133,15 @@ def rerank_recall(
         q = query_feats[sl]  # (C, D_q)
         rel = relevant(sl)  # (C, G)
         full_mask = torch.ones_like(rel)
-        order = pessimistic_order(first_scores(q), rel, full_mask)  # (C, G)
-        rel_sorted = torch.gather(rel, 1, order)  # (C, G)
+        order = pessimistic_topk(first_scores(q), rel, full_mask, top)  # (C, top)
+        rel_sorted = torch.gather(rel, 1, order)  # (C, top)
         for k in ks:
             first_hits[k] += _count_hits(rel_sorted, k)
-        top = order[:, :k_cut]  # (C, K)
+        top_ids = order[:, :k_cut]  # (C, K)
         top_rel = rel_sorted[:, :k_cut]  # (C, K)
         covered += int(top_rel.any(1).sum())
         mask = torch.ones_like(top_rel)
-        scores = rerank(q, gallery_feats[top], mask)  # (C, K)
+        scores = rerank(q, gallery_feats[top_ids], mask)  # (C, K)
         re_rel = torch.gather(top_rel, 1, pessimistic_order(scores, top_rel, mask))  # (C, K)
         for k in ks:
             hits[k] += _count_hits(re_rel, k)

@@ -49,6 +49,7 @@ __all__ = [
     "ideal_dcg",
     "pessimistic_order",
     "pessimistic_ranks",
+    "pessimistic_topk",
     "ranked_recall_at_k",
     "ranked_recall_curve",
     "ranks_from_order",
@@ -66,6 +67,14 @@ T = TypeVar("T", float, Tensor)
 
 
 # -- ordering --------------------------------------------------------------------------------------
+def _order_key(scores: Tensor, mask: Tensor) -> Tensor:
+    """``(B, L)`` ascending sort key of rules 1-2: ``-score``, a NaN score as ``+inf`` (a -inf
+    score), padding NaN (sorts after ``+inf``)."""
+    inf = float("inf")
+    key = torch.nan_to_num(-scores.detach(), nan=inf, posinf=inf, neginf=-inf)  # (B, L)
+    return torch.where(mask, key, float("nan"))
+
+
 def pessimistic_order(scores: Tensor, labels: Tensor | None, mask: Tensor) -> Tensor:
     """Candidate indices of each list, best first, in the pessimistic order (module docstring).
 
@@ -82,11 +91,7 @@ def pessimistic_order(scores: Tensor, labels: Tensor | None, mask: Tensor) -> Te
         first and its padded positions last (among themselves by label, then position).
         ``candidates.gather(1, order)`` is the ranked list.
     """
-    # Ascending key: -score; a NaN score becomes +inf (as a -inf score), padding becomes NaN,
-    # which sorts after +inf.
-    inf = float("inf")
-    key = torch.nan_to_num(-scores.detach(), nan=inf, posinf=inf, neginf=-inf)  # (B, L)
-    key = torch.where(mask, key, float("nan"))
+    key = _order_key(scores, mask)  # (B, L)
     if labels is None:
         return torch.sort(key, dim=-1, stable=True).indices
     labels = labels.detach()
@@ -95,6 +100,49 @@ def pessimistic_order(scores: Tensor, labels: Tensor | None, mask: Tensor) -> Te
     by_label = torch.sort(labels, dim=-1, stable=True).indices  # less relevant first
     by_key = torch.sort(key.gather(-1, by_label), dim=-1, stable=True).indices
     return by_label.gather(-1, by_key)  # (B, L)
+
+
+def pessimistic_topk(scores: Tensor, labels: Tensor | None, mask: Tensor, k: int) -> Tensor:
+    """``pessimistic_order(scores, labels, mask)[:, :k]`` without sorting whole lists.
+
+    Only the candidates scoring at least each list's k-th best score (its ties included) can be
+    among its first ``k``; they are ranked with :func:`pessimistic_order`. For long lists (a
+    full gallery) and small ``k``. One host synchronisation (the widest such set), so not for
+    ``torch.vmap``.
+
+    Returns:
+        ``(B, min(k, L))`` int64 candidate indices, best first.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    length = scores.shape[-1]
+    if 2 * k >= length:
+        return pessimistic_order(scores, labels, mask)[:, :k]
+    key = _order_key(scores, mask)  # (B, L)
+    inf = float("inf")
+    real_key = key.nan_to_num(nan=inf, posinf=inf)  # (B, L), padding as +inf for the k-th value
+    kth = torch.topk(real_key, k, dim=-1, largest=False).values[:, -1:]  # (B, 1)
+    keep = key <= kth  # (B, L), never padding (NaN key)
+    counts = keep.sum(dim=-1)  # (B,)
+    # Fewer than k kept: the list has fewer than k real candidates (all kept) and its first k
+    # run into padding, so it keeps everything.
+    short = counts < k  # (B,)
+    keep = keep | short[:, None]
+    counts = torch.where(short, length, counts)
+    # The kept candidates of each list, in input order (rule 4 sees the same positions), packed
+    # into ``W`` slots; empty slots act as padding.
+    width = int(counts.max())
+    rows, cols = keep.nonzero(as_tuple=True)  # row-major: each list's kept candidates in order
+    first = counts.cumsum(dim=0) - counts  # (B,): index in ``rows`` of each list's first one
+    slot = torch.arange(rows.numel(), device=keep.device) - first[rows]  # (N_kept,)
+    chosen = torch.zeros(keep.shape[0], width, dtype=torch.long, device=keep.device)  # (B, W)
+    chosen[rows, slot] = cols
+    filled = torch.zeros(keep.shape[0], width, dtype=torch.bool, device=keep.device)  # (B, W)
+    filled[rows, slot] = True
+    sub_labels = None if labels is None else labels.gather(-1, chosen)
+    sub_mask = filled & mask.gather(-1, chosen)  # (B, W)
+    sub_order = pessimistic_order(scores.gather(-1, chosen), sub_labels, sub_mask)
+    return chosen.gather(-1, sub_order[:, :k])  # (B, k)
 
 
 def ranks_from_order(order: Tensor) -> Tensor:

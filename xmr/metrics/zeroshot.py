@@ -9,7 +9,7 @@ Definitions, for one split with N images and M captions, scores = dot products o
   image is in the top K.
 - Recall@K = hits / queries, a fraction in [0, 1] (multiply by 100 for the usual %).
 - Each query's gallery is ranked in the pessimistic order of
-  :func:`xmr.metrics.ranking.pessimistic_order`, as everywhere in xmr: a relevant item tied with
+  :func:`xmr.metrics.ranking.pessimistic_order` (its top K: ``pessimistic_topk``), as everywhere in xmr: a relevant item tied with
   an irrelevant one ranks below it (a constant scorer gets recall ~0, never 1), a NaN score ranks
   last. Recall@K is :func:`xmr.metrics.ranking.ranked_recall_at_k` (``"hit"``).
 
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from xmr.data.store import FeatureStore
-from xmr.metrics.ranking import pessimistic_order, ranked_recall_at_k
+from xmr.metrics.ranking import pessimistic_topk, ranked_recall_at_k
 
 __all__ = ["full_gallery_recall", "store_split_recall"]
 
@@ -37,7 +37,7 @@ def _hits(scores: np.ndarray, relevant: np.ndarray, ks: tuple[int, ...]) -> np.n
         relevant: ``(C, G)`` bool, True where the item is relevant to the query.
     """
     s, rel = torch.from_numpy(scores), torch.from_numpy(relevant)  # (C, G) each
-    order = pessimistic_order(s, rel, torch.ones_like(rel))[:, : max(ks)]  # (C, K_max)
+    order = pessimistic_topk(s, rel, torch.ones_like(rel), max(ks))  # (C, K_max)
     ranked = rel.gather(1, order)  # (C, K_max)
     # A query without a relevant item (NaN recall) is left out by the callers; 0 here.
     hits = [ranked_recall_at_k(ranked, k).nan_to_num(0.0) > 0 for k in ks]
