@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+import xmr.losses.neural_ndcg as neural_ndcg_module
 from xmr.losses import (
     ApproxNDCGLoss,
     LambdaLoss,
@@ -717,11 +718,11 @@ def test_sinkhorn_gradcheck() -> None:
 def test_neural_ndcg_under_vmap_equals_a_loop(cls: type[nn.Module], monkeypatch) -> None:
     # The vectorised ensemble vmaps each loss over its members; the Sinkhorn vmap rule folds the
     # members into the list dimension. Values and gradients must equal one call per member.
-    import xmr.losses.neural_ndcg as mod
-
     folded = []
-    apply = mod._Sinkhorn.apply
-    monkeypatch.setattr(mod._Sinkhorn, "apply", lambda *a: folded.append(a[0].shape) or apply(*a))
+    apply = neural_ndcg_module._Sinkhorn.apply
+    monkeypatch.setattr(
+        neural_ndcg_module._Sinkhorn, "apply", lambda *a: folded.append(a[0].shape) or apply(*a)
+    )
     loss = cls(temperature=0.7, sinkhorn_iters=15)
     batches = [random_batch(4, 7, seed=60 + g, p_pos=0.4) for g in range(3)]
     scores = torch.stack([b[0] for b in batches]).requires_grad_()
@@ -739,13 +740,11 @@ def test_neural_ndcg_under_vmap_equals_a_loop(cls: type[nn.Module], monkeypatch)
 
 
 def test_neural_ndcg_score_gradients_equal_the_autograd_reference(monkeypatch) -> None:
-    import xmr.losses.neural_ndcg as mod
-
     scores, labels, mask = random_batch(5, 8, seed=11, p_pos=0.4)
     for cls in (NeuralNDCGLoss, NeuralNDCGTransposedLoss):
         got = []
-        for fn in (mod.sinkhorn, mod.sinkhorn_reference):
-            monkeypatch.setattr(mod, "sinkhorn", fn)
+        for fn in (neural_ndcg_module.sinkhorn, neural_ndcg_module.sinkhorn_reference):
+            monkeypatch.setattr(neural_ndcg_module, "sinkhorn", fn)
             s = scores.clone().requires_grad_()
             value = cls(temperature=0.7, sinkhorn_iters=20)(s, labels, mask)
             value.backward()

@@ -40,6 +40,7 @@ from xmr.models.ensemble import (
 )
 from xmr.models.module import RankingModule
 from xmr.models.ranker import ContextAwareRanker
+from xmr.runs.results import finished_results, method_name
 from xmr.train import build_module, output_dir_of, test_record
 from xmr.utils.instantiate import ConfigError, instantiate
 from xmr.utils.io import atomic_write, atomic_write_json, atomic_write_text
@@ -54,8 +55,6 @@ log = logging.getLogger(__name__)
 def _loss_choice(cfg: DictConfig) -> str | None:
     if HydraConfig.initialized():
         return HydraConfig.get().runtime.choices.get("loss")
-    from xmr.runs.results import method_name
-
     return method_name(cfg)
 
 
@@ -210,16 +209,11 @@ def train_ensemble(cfg: DictConfig) -> list[dict[str, Any]]:
 def _train_ensemble(cfg: DictConfig) -> list[dict[str, Any]]:
     _check_supported(cfg)
     members = member_configs(cfg)
-    try:
-        from xmr.runs.results import finished_results
-    except ImportError:  # pragma: no cover
-        finished_results = None  # type: ignore[assignment]
     done: dict[int, dict[str, Any]] = {}
-    if finished_results is not None:
-        for i, (_, _, m) in enumerate(members):
-            r = finished_results(Path(m.paths.output_dir), m)
-            if r is not None:
-                done[i] = r
+    for i, (_, _, m) in enumerate(members):
+        r = finished_results(Path(m.paths.output_dir), m)
+        if r is not None:
+            done[i] = r
     todo = [i for i in range(len(members)) if i not in done]
     if not todo:
         log.info("ensemble: all %d members finished already", len(members))
