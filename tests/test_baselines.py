@@ -16,11 +16,7 @@ from omegaconf import open_dict
 
 from xmr.data.store import FeatureStore
 from xmr.eval import evaluate
-from xmr.models.baselines import (
-    CMPMModel,
-    DCCAModel,
-    InfoNCEModel,
-    VSEPPModel,
+from xmr.losses.pairwise import (
     cmpc_loss,
     cmpm_label_distribution,
     cmpm_loss,
@@ -29,6 +25,7 @@ from xmr.models.baselines import (
     same_image,
     symmetric_infonce,
 )
+from xmr.models.baselines import CMPMModel, DCCAModel, InfoNCEModel, VSEPPModel
 from xmr.train import train
 from xmr.utils.instantiate import instantiate
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+import xmr.losses.neural_ndcg as neural_ndcg_module
 from xmr.losses import (
     ApproxNDCGLoss,
     LambdaLoss,
@@ -32,6 +33,7 @@ from xmr.losses import (
     PointwiseBCELoss,
     RankNetLoss,
 )
+from xmr.losses.neural_ndcg import neural_sort, sinkhorn, sinkhorn_reference
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "loss"
 CONFIGS = sorted(CONF_DIR.glob("*.yaml"))
@@ -544,20 +546,6 @@ def test_lambdaloss_matches_naive_loop_with_graded_labels(scheme: str) -> None:
     assert loss(scores, labels, mask).item() == pytest.approx(expected, rel=1e-10)
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_pessimistic_ranks_by_sorting_equal_the_pairwise_definition(seed: int) -> None:
-    from xmr.losses._common import pessimistic_ranks, pessimistic_ranks_reference
-
-    scores, labels, mask = random_batch(16, 3 + 5 * seed, seed=300 + seed, ties=True)
-    labels = labels + (
-        torch.rand(labels.shape, generator=torch.Generator().manual_seed(seed)) < 0.3
-    )
-    labels = labels * mask  # graded labels 0..2, 0 at padding
-    got = pessimistic_ranks(scores, labels, mask)
-    want = pessimistic_ranks_reference(scores, labels, mask)
-    assert torch.equal(got[mask], want[mask])
-
-
 def test_lambdarank_hand_computed() -> None:
     # Positive scored 0 below a negative scored 1: ranks 2 and 1, maxDCG = 1, G = (1, 0),
     # |ΔNDCG| = 1 - 1/log2(3); loss = |ΔNDCG| * log2(1 + e^1).
@@ -703,8 +691,6 @@ def test_neural_ndcg_matches_naive_loop(tau: float, iters: int, k: int | None, s
 @pytest.mark.parametrize("last", ["rows", "columns"])
 @pytest.mark.parametrize("iters", [0, 1, 7, 50])
 def test_sinkhorn_hand_written_backward_equals_autograd(last: str, iters: int) -> None:
-    from xmr.losses.neural_ndcg import neural_sort, sinkhorn, sinkhorn_reference
-
     scores, _, mask = random_batch(6, 9, seed=90 + iters, p_pos=0.4)
     mask[2, 1:] = False  # a one-item list
     mask[3, :] = False  # an all-padding list: clamped sums, zero gradient
@@ -722,8 +708,6 @@ def test_sinkhorn_hand_written_backward_equals_autograd(last: str, iters: int) -
 
 
 def test_sinkhorn_gradcheck() -> None:
-    from xmr.losses.neural_ndcg import neural_sort, sinkhorn
-
     scores, _, mask = random_batch(3, 5, seed=5, p_pos=0.4)
     perm, row_real = neural_sort(scores.masked_fill(~mask, 0.0), mask, 1.0)
     k = perm.detach().clone().requires_grad_()
@@ -734,11 +718,11 @@ def test_sinkhorn_gradcheck() -> None:
 def test_neural_ndcg_under_vmap_equals_a_loop(cls: type[nn.Module], monkeypatch) -> None:
     # The vectorised ensemble vmaps each loss over its members; the Sinkhorn vmap rule folds the
     # members into the list dimension. Values and gradients must equal one call per member.
-    import xmr.losses.neural_ndcg as mod
-
     folded = []
-    apply = mod._Sinkhorn.apply
-    monkeypatch.setattr(mod._Sinkhorn, "apply", lambda *a: folded.append(a[0].shape) or apply(*a))
+    apply = neural_ndcg_module._Sinkhorn.apply
+    monkeypatch.setattr(
+        neural_ndcg_module._Sinkhorn, "apply", lambda *a: folded.append(a[0].shape) or apply(*a)
+    )
     loss = cls(temperature=0.7, sinkhorn_iters=15)
     batches = [random_batch(4, 7, seed=60 + g, p_pos=0.4) for g in range(3)]
     scores = torch.stack([b[0] for b in batches]).requires_grad_()
@@ -756,13 +740,11 @@ def test_neural_ndcg_under_vmap_equals_a_loop(cls: type[nn.Module], monkeypatch)
 
 
 def test_neural_ndcg_score_gradients_equal_the_autograd_reference(monkeypatch) -> None:
-    import xmr.losses.neural_ndcg as mod
-
     scores, labels, mask = random_batch(5, 8, seed=11, p_pos=0.4)
     for cls in (NeuralNDCGLoss, NeuralNDCGTransposedLoss):
         got = []
-        for fn in (mod.sinkhorn, mod.sinkhorn_reference):
-            monkeypatch.setattr(mod, "sinkhorn", fn)
+        for fn in (neural_ndcg_module.sinkhorn, neural_ndcg_module.sinkhorn_reference):
+            monkeypatch.setattr(neural_ndcg_module, "sinkhorn", fn)
             s = scores.clone().requires_grad_()
             value = cls(temperature=0.7, sinkhorn_iters=20)(s, labels, mask)
             value.backward()

@@ -26,8 +26,8 @@ from xmr.metrics import (
     ranks_of,
     recall_found_at_k,
     recall_hit_at_k,
-    topk_order,
 )
+from xmr.metrics.ranking import pessimistic_order
 
 NAN = float("nan")
 
@@ -259,15 +259,15 @@ def test_nan_scores_rank_last_among_real() -> None:
     mask = torch.tensor([[True, True, True, False]])
     # NaN acts as -inf; tied with the -inf negative it ranks below it (pessimistic).
     assert ranks_of(scores, labels, mask).tolist() == [[3, 1, 2, PAD_RANK]]
-    assert topk_order(scores, mask).tolist() == [[1, 0, 2, 3]]
+    assert pessimistic_order(scores, None, mask).tolist() == [[1, 0, 2, 3]]
 
 
-def test_topk_order() -> None:
+def test_pessimistic_order_without_labels() -> None:
     scores = _t([[0.2, 0.9, 5.0, 0.5, 0.5]])
     mask = torch.tensor([[True, True, False, True, True]])
-    assert topk_order(scores, mask).tolist() == [[1, 3, 4, 0, 2]]
+    assert pessimistic_order(scores, None, mask).tolist() == [[1, 3, 4, 0, 2]]
     s, _, m = _random_lists(9)
-    order = topk_order(s, m)  # (B, L)
+    order = pessimistic_order(s, None, m)  # (B, L)
     assert torch.equal(order.sort(dim=1).values, torch.arange(s.shape[1]).expand_as(s))
     sorted_mask = m.gather(1, order)
     assert torch.equal(sorted_mask, m.sum(1, keepdim=True) > torch.arange(s.shape[1]))
@@ -299,7 +299,7 @@ def test_bad_inputs_raise_naming_the_field() -> None:
     with pytest.raises(ValueError, match="scores must be 2-D"):
         ranks_of(scores[0], labels[0], _all_real(scores)[0])
     with pytest.raises(ValueError, match="mask shape"):
-        topk_order(scores, torch.ones(1, 3, dtype=torch.bool))
+        ranks_of(scores, labels, torch.ones(1, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="ks must not repeat"):
         ListRetrievalMetrics(ks=(1, 1))
 

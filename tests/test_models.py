@@ -8,8 +8,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from xmr.metrics.ranking import pessimistic_order
 from xmr.models.baselines import PairEmbeddingModel
-from xmr.models.module import ranked_order
 from xmr.models.ranker import ContextAwareRanker, CosineScorer
 from xmr.models.scorer import ScorerKind, scorer_kind
 from xmr.utils.instantiate import ConfigError
@@ -139,9 +139,9 @@ def test_cosine_scorer_is_cosine() -> None:
         CosineScorer(5, 6)
 
 
-def test_ranked_order_pessimistic_ties_padding_last() -> None:
+def test_pessimistic_order_ties_padding_last() -> None:
     scores = torch.tensor([[0.5, 0.5, 0.9, 0.1]])
     labels = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
     mask = torch.tensor([[True, True, True, False]])
     # 0.9 first; the tie 0.5/0.5 puts the irrelevant item (1) before the relevant one (0).
-    assert ranked_order(scores, labels, mask).tolist() == [[2, 1, 0, 3]]
+    assert pessimistic_order(scores, labels, mask).tolist() == [[2, 1, 0, 3]]

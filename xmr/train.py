@@ -71,8 +71,6 @@ from xmr.utils.runtime import torch_runtime
 log = logging.getLogger(__name__)
 
 
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (when the model has parameters), test on the best checkpoint, write results.
 

@@ -29,6 +29,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from xmr.data.datamodule import PairGatherer, XMRDataModule
+from xmr.metrics.ranking import rsum
 from xmr.metrics.retrieval import ListRetrievalMetrics
 from xmr.models.build import build_module
 from xmr.models.ensemble import (
@@ -37,7 +38,7 @@ from xmr.models.ensemble import (
     clip_grad_norm_per_member,
     ensemble_losses,
 )
-from xmr.models.module import RSUM_KS, RankingModule
+from xmr.models.module import RankingModule
 from xmr.models.ranker import ContextAwareRanker
 from xmr.models.scorer import scorer_kind
 from xmr.runs.lifecycle import (
@@ -154,13 +155,8 @@ def _validate(
                 out[e][f"val/{d}/{name}"] = torch.as_tensor(value, dtype=torch.float32)
             out[e][f"val/{d}/loss"] = (loss_sum[e] / max(count, 1)).float()
     for e in range(E):
-        rsum = torch.zeros((), device=device)
-        for d in ensembles:
-            for k in RSUM_KS:
-                key = f"val/{d}/recall@{k}"
-                if key in out[e]:
-                    rsum = rsum + 100.0 * out[e][key].to(rsum.device)
-        out[e]["val/rsum"] = rsum
+        total = rsum(out[e], "val", ensembles)
+        out[e]["val/rsum"] = torch.zeros((), device=device) if total is None else total
     return out
 
 

@@ -1,7 +1,8 @@
 """Ranking losses of xmr: ``forward(scores (B, L), labels (B, L), mask (B, L) bool) -> scalar``.
 
 One module per loss, one ``conf/loss/<name>.yaml`` per option. Shared conventions (padding,
-which lists count, tie-breaking) are described in :mod:`xmr.losses._common`.
+which lists count, tie-breaking) are described in :mod:`xmr.losses._common`. The pair baselines'
+losses over in-batch (image, caption) pairs are functions in :mod:`xmr.losses.pairwise`.
 """
 
 from xmr.losses.approx_ndcg import ApproxNDCGLoss

@@ -1,4 +1,4 @@
-"""Shared pieces of the xmr ranking losses: input checks, padding, reduction, DCG helpers.
+"""Shared pieces of the xmr ranking losses: input checks, padding, reduction.
 
 Every loss takes ``scores (B, L)``, ``labels (B, L)`` (float, {0, 1}) and ``mask (B, L)`` (bool,
 True = real candidate) and returns a scalar. The conventions fixed here hold for all of them:
@@ -11,10 +11,10 @@ True = real candidate) and returns a scalar. The conventions fixed here hold for
   (label > 0); lists without any positive are **skipped** (left out of numerator and denominator).
   If no list of the batch is valid, the loss is an exact 0 that is still attached to the graph,
   so ``backward()`` works and gives zero gradients.
-* **Ranks.** :func:`pessimistic_ranks` ranks the real items of each list by score, breaking ties
-  pessimistically (a relevant item tied with a less relevant one ranks below it), as the metrics
-  of xmr do; so a constant scorer never looks good and pair weights are non-zero even when all
-  scores are equal (e.g. at initialisation).
+* **Ranks and DCG** come from :mod:`xmr.metrics.ranking`, the one definition of xmr: the
+  pessimistic order (a relevant item tied with a less relevant one ranks below it, so a constant
+  scorer never looks good and pair weights are non-zero even when all scores are equal, e.g. at
+  initialisation), gains ``2^y - 1``, discounts ``1 / log2(rank + 1)`` and the ideal DCG.
 """
 
 from __future__ import annotations
@@ -94,56 +94,3 @@ def pair_mask(labels: Tensor, mask: Tensor) -> Tensor:
     """``(B, L, L)`` bool: pairs ``(i, j)`` of real items with ``labels[i] > labels[j]``."""
     real = mask[:, :, None] & mask[:, None, :]  # (B, L, L)
     return real & (labels[:, :, None] > labels[:, None, :])
-
-
-def pessimistic_ranks(scores: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
-    """1-based ranks ``(B, L)`` of the real items by descending score (no gradient).
-
-    Item ``j`` ranks above item ``i`` when ``s_j > s_i``, or the scores tie and ``y_j < y_i``
-    (pessimistic: the more relevant of two tied items ranks lower), or scores and labels both tie
-    and ``j < i`` (such items are interchangeable, so this last rule never changes a loss).
-    Padded items are never counted; their own rank is meaningless.
-
-    Two stable sorts (by label, then by descending score) give exactly the order of those
-    three rules; padded items are keyed to sort last. (A ``(B, L, L)`` comparison count gives the
-    same ranks, :func:`pessimistic_ranks_reference`, at ~6 passes over L² booleans per list.)
-    """
-    s = scores.detach()
-    key = torch.where(mask, -s, torch.full_like(s, float("inf")))  # ascending = best first
-    by_label = torch.sort(labels.detach(), dim=-1, stable=True).indices  # ties: lower y first
-    by_score = torch.sort(key.gather(1, by_label), dim=-1, stable=True).indices
-    order = by_label.gather(1, by_score)  # (B, L): item at each position
-    return order.argsort(dim=-1) + 1  # the inverse permutation: each item's position (vmap-safe)
-
-
-def pessimistic_ranks_reference(scores: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
-    """:func:`pessimistic_ranks` by ``(B, L, L)`` comparisons (the definition, for tests)."""
-    s = scores.detach()
-    si, sj = s[:, :, None], s[:, None, :]  # (B, L, 1), (B, 1, L)
-    yi, yj = labels[:, :, None], labels[:, None, :]
-    idx = torch.arange(s.shape[-1], device=s.device)
-    earlier = (idx[None, :] < idx[:, None])[None]  # (1, L, L): j < i
-    tie = si == sj
-    above = (sj > si) | (tie & (yj < yi)) | (tie & (yj == yi) & earlier)  # (B, L, L)
-    above = above & mask[:, None, :]
-    return 1 + above.sum(dim=-1)  # (B, L)
-
-
-def rank_discounts(length: int, k: int | None, like: Tensor) -> Tensor:
-    """``(length,)`` DCG discounts ``1 / log2(r + 1)``, ranks ``r = 1..length``; 0 beyond ``k``."""
-    ranks = torch.arange(1, length + 1, device=like.device, dtype=like.dtype)
-    disc = 1.0 / torch.log2(ranks + 1.0)
-    if k is not None:
-        disc = torch.where(ranks <= k, disc, torch.zeros_like(disc))
-    return disc
-
-
-def gains(labels: Tensor, mask: Tensor) -> Tensor:
-    """``(B, L)`` NDCG gains ``2^y - 1`` of the real items, 0 at padding."""
-    return torch.where(mask, torch.pow(2.0, labels) - 1.0, torch.zeros_like(labels))
-
-
-def ideal_dcg(gain: Tensor, k: int | None) -> Tensor:
-    """``(B,)`` ideal DCG@k: gains sorted descending (padding has gain 0, so sorts last)."""
-    ordered = gain.sort(dim=-1, descending=True).values  # (B, L)
-    return (ordered * rank_discounts(gain.shape[-1], k, gain)).sum(dim=-1)

@@ -5,15 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from xmr.losses._common import (
-    check_cutoff,
-    check_positive,
-    gains,
-    has_positive,
-    ideal_dcg,
-    mean_over_lists,
-    prepare,
-)
+from xmr.losses._common import check_cutoff, check_positive, has_positive, mean_over_lists, prepare
+from xmr.metrics.ranking import dcg_discounts, dcg_gains, ideal_dcg
 
 
 class ApproxNDCGLoss(nn.Module):
@@ -58,9 +51,9 @@ class ApproxNDCGLoss(nn.Module):
         others = (mask[:, None, :] & ~eye[None]).to(s.dtype)  # (B, L, L): real j != i
         beats = torch.sigmoid(self.alpha * (s[:, None, :] - s[:, :, None]))  # (B, L, L)
         approx_rank = 1.0 + (beats * others).sum(dim=-1)  # (B, L)
-        discount = 1.0 / torch.log2(1.0 + approx_rank)  # (B, L)
+        discount = dcg_discounts(approx_rank)  # (B, L)
         if self.k is not None:
             discount = discount * torch.sigmoid(self.alpha * (self.k + 0.5 - approx_rank))
-        gain = gains(y, mask)  # (B, L)
+        gain = dcg_gains(y, mask)  # (B, L)
         ndcg = (gain * discount).sum(-1) / ideal_dcg(gain, self.k).clamp(min=1e-10)  # (B,)
         return -mean_over_lists(ndcg, has_positive(y, mask), s)

@@ -9,16 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xmr.losses._common import (
-    check_cutoff,
-    check_positive,
-    gains,
-    has_positive,
-    ideal_dcg,
-    mean_over_lists,
-    pessimistic_ranks,
-    prepare,
-)
+from xmr.losses._common import check_cutoff, check_positive, has_positive, mean_over_lists, prepare
+from xmr.metrics.ranking import dcg_discounts, dcg_gains, ideal_dcg, pessimistic_ranks
 
 Weighting = Literal["lambdarank", "ndcg2", "ndcg2pp"]
 WEIGHTINGS: tuple[str, ...] = ("lambdarank", "ndcg2", "ndcg2pp")
@@ -29,7 +21,7 @@ class LambdaLoss(nn.Module):
     Optimization" (CIKM). Also allRank's ``lambdaLoss``.
 
     For each list, with ``r_i`` the rank of item ``i`` under the current scores (pessimistic
-    ties, see :func:`xmr.losses._common.pessimistic_ranks`), gains ``G_i = (2^y_i - 1) / maxDCG@k``
+    ties, see :func:`xmr.metrics.ranking.pessimistic_ranks`), gains ``G_i = (2^y_i - 1) / maxDCG@k``
     and discounts ``d(r) = 1 / log2(1 + r)``::
 
         loss_list = sum_{(i, j) real, y_i > y_j} w_ij * log2(1 + exp(-sigma * (s_i - s_j)))
@@ -83,7 +75,7 @@ class LambdaLoss(nn.Module):
         ``G_i - G_j > 0``: ``relu(G_i - G_j)`` on real rows and columns is ``|G_i - G_j|`` times
         the pair mask, without forming that mask."""
         m = mask.to(labels.dtype)  # (B, L)
-        gain = gains(labels, mask)  # (B, L), 0 at padding
+        gain = dcg_gains(labels, mask)  # (B, L), 0 at padding
         max_dcg = ideal_dcg(gain, self.k).clamp(min=1e-10)  # (B,)
         g = gain / max_dcg[:, None]  # (B, L)
         g_diff = (g[:, :, None] - g[:, None, :]).relu_()  # (B, L, L): |G_i - G_j| on pairs
@@ -91,9 +83,7 @@ class LambdaLoss(nn.Module):
         r = ranks.to(labels.dtype)  # (B, L)
         weights: Tensor | float = 0.0  # the weighting sets at least one term
         if self.weighting in ("lambdarank", "ndcg2pp"):
-            disc = 1.0 / torch.log2(1.0 + r)  # (B, L)
-            if self.k is not None:
-                disc = torch.where(r <= self.k, disc, torch.zeros_like(disc))
+            disc = dcg_discounts(r, self.k)  # (B, L)
             weights = g_diff * (disc[:, :, None] - disc[:, None, :]).abs_()
         if self.weighting in ("ndcg2", "ndcg2pp"):
             # |r_i - r_j| >= 1 on the pairs used; the clamp only guards the diagonal/padding.

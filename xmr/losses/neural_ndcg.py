@@ -7,16 +7,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from xmr.losses._common import (
-    check_cutoff,
-    check_positive,
-    gains,
-    has_positive,
-    ideal_dcg,
-    mean_over_lists,
-    prepare,
-    rank_discounts,
-)
+from xmr.losses._common import check_cutoff, check_positive, has_positive, mean_over_lists, prepare
+from xmr.metrics.ranking import dcg_discounts, dcg_gains, ideal_dcg
 
 
 def neural_sort(scores: Tensor, mask: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
@@ -261,8 +253,9 @@ class _NeuralNDCGBase(nn.Module):
         s, y = prepare(type(self).__name__, scores, labels, mask)  # (B, L) each
         perm, row_real = neural_sort(s, mask, self.temperature)  # (B, L, L), (B, L)
         perm = sinkhorn(perm, row_real, mask, self.sinkhorn_iters, self.sinkhorn_last)
-        gain = gains(y, mask)  # (B, L)
-        discount = rank_discounts(s.shape[-1], self.k, s)  # (L,)
+        gain = dcg_gains(y, mask)  # (B, L)
+        positions = torch.arange(1, s.shape[-1] + 1, device=s.device, dtype=s.dtype)  # (L,)
+        discount = dcg_discounts(positions, self.k)  # (L,)
         dcg = self.relaxed_dcg(perm, gain, discount)  # (B,)
         ndcg = dcg / ideal_dcg(gain, self.k).clamp(min=1e-10)  # (B,)
         return -mean_over_lists(ndcg, has_positive(y, mask), s)

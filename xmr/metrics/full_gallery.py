@@ -18,8 +18,9 @@ hold the positive). For one split (``test``) with N images and M captions:
    K counts as a **miss** (positives are never inserted). Queries with no relevant item in the
    gallery (images without captions) are left out, as in :mod:`xmr.metrics.zeroshot`.
 
-Ties break pessimistically everywhere (in the first stage's top-K cut and in the re-ranked
-order): a relevant item tied with an irrelevant one ranks below it. So with ``K = gallery`` and the
+Both stages rank in the pessimistic order of :func:`xmr.metrics.ranking.pessimistic_order` (in
+the first stage's top-K cut and in the re-ranked order): a relevant item tied with an irrelevant
+one ranks below it, a NaN score ranks last. So with ``K = gallery`` and the
 cosine scorer the numbers equal :func:`xmr.metrics.zeroshot.full_gallery_recall`.
 
 Keys written into ``results.json`` (next to the list protocol's ``test/...``)::
@@ -27,7 +28,7 @@ Keys written into ``results.json`` (next to the list protocol's ``test/...``)::
     test_full/{t2i,i2t}/recall@k              the protocol's Recall@k
     test_full/{t2i,i2t}/first_stage_recall@k  the first stage alone (no re-ranking)
     test_full/{t2i,i2t}/coverage              fraction of queries with a positive in the top K
-    test_full/rsum                            sum of recall@1/5/10 over directions, in percent
+    test_full/rsum                            :func:`xmr.metrics.ranking.rsum` of the above
     full_gallery: {"top_k", "first_stage", "split", "gallery": {dir: size}, "queries": {dir: n}}
 """
 
@@ -43,7 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xmr.data.store import FeatureStore
-from xmr.models.module import RSUM_KS, ranked_order
+from xmr.metrics.ranking import pessimistic_order, pessimistic_topk, ranked_recall_at_k, rsum
+from xmr.models.ranker import CosineScorer
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,12 @@ def _table(store: FeatureStore, name: str, ids: np.ndarray) -> Tensor:
     return torch.from_numpy(np.asarray(emb[ids], dtype=np.float32))
 
 
+def _count_hits(ranked_relevant: Tensor, k: int) -> int:
+    """Queries of ``ranked_relevant (C, L)`` with a relevant item in their first ``k``; a query
+    whose list holds no relevant item (NaN recall) is a miss."""
+    return int(ranked_recall_at_k(ranked_relevant, k).nan_to_num(0.0).sum())
+
+
 def rerank_recall(
     first_scores: Callable[[Tensor], Tensor],
     rerank: Callable[[Tensor, Tensor, Tensor], Tensor],
@@ -116,6 +124,7 @@ def rerank_recall(
     n_q, n_g = query_feats.shape[0], gallery_feats.shape[0]
     k_cut = max(1, min(int(top_k), n_g))
     ks = tuple(int(k) for k in ks)
+    top = max(k_cut, *ks)  # the first stage's positions that are read
     hits = {k: 0 for k in ks}
     first_hits = {k: 0 for k in ks}
     covered = 0
@@ -124,18 +133,18 @@ def rerank_recall(
         q = query_feats[sl]  # (C, D_q)
         rel = relevant(sl)  # (C, G)
         full_mask = torch.ones_like(rel)
-        order = ranked_order(first_scores(q), rel, full_mask)  # (C, G) pessimistic
-        rel_sorted = torch.gather(rel, 1, order)  # (C, G)
+        order = pessimistic_topk(first_scores(q), rel, full_mask, top)  # (C, top)
+        rel_sorted = torch.gather(rel, 1, order)  # (C, top)
         for k in ks:
-            first_hits[k] += int(rel_sorted[:, :k].any(1).sum())
-        top = order[:, :k_cut]  # (C, K)
+            first_hits[k] += _count_hits(rel_sorted, k)
+        top_ids = order[:, :k_cut]  # (C, K)
         top_rel = rel_sorted[:, :k_cut]  # (C, K)
         covered += int(top_rel.any(1).sum())
         mask = torch.ones_like(top_rel)
-        scores = rerank(q, gallery_feats[top], mask)  # (C, K)
-        re_rel = torch.gather(top_rel, 1, ranked_order(scores, top_rel, mask))  # (C, K)
+        scores = rerank(q, gallery_feats[top_ids], mask)  # (C, K)
+        re_rel = torch.gather(top_rel, 1, pessimistic_order(scores, top_rel, mask))  # (C, K)
         for k in ks:
-            hits[k] += int(re_rel[:, : min(k, k_cut)].any(1).sum())
+            hits[k] += _count_hits(re_rel, k)
     out: dict[str, float] = {}
     for k in ks:
         out[f"recall@{k}"] = hits[k] / n_q if n_q else float("nan")
@@ -161,8 +170,6 @@ def _self_first_stage(net: nn.Module, direction: str, gallery: Tensor) -> Callab
         device = next(model.parameters()).device
         g = F.normalize(embed_g(gallery.to(device)), dim=-1)  # (G, E)
         return lambda q: (F.normalize(embed_q(q.to(device)), dim=-1) @ g.T).cpu()
-    from xmr.models.ranker import CosineScorer
-
     if isinstance(net, CosineScorer):
         return _cosine_matrix(gallery)
     return None
@@ -247,14 +254,9 @@ def evaluate_full_gallery(
         info["gallery"][direction] = int(g_feats.shape[0])
         info["queries"][direction] = int(q_feats.shape[0])
     info["first_stage"] = "+".join(sorted(stages))
-    rsum = [
-        100.0 * metrics[f"{PREFIX}/{d}/recall@{k}"]
-        for d in nets
-        for k in RSUM_KS
-        if f"{PREFIX}/{d}/recall@{k}" in metrics
-    ]
-    if rsum:
-        metrics[f"{PREFIX}/rsum"] = float(sum(rsum))
+    total = rsum(metrics, PREFIX, nets)
+    if total is not None:
+        metrics[f"{PREFIX}/rsum"] = float(total)
     return metrics, info
 
 

@@ -8,17 +8,16 @@ Inputs (B queries/lists, L candidates per list):
 
 Every metric returns one value per list, shape ``(B,)``, as float32 (float64 for float64 scores).
 
-Ranking rules (shared by every function here):
+Candidates are ranked in the pessimistic order of :mod:`xmr.metrics.ranking` (the one order of
+xmr, also used for the predictions files and by LambdaLoss):
 
-- **Padding** is never ranked: padded candidates are placed after every real one whatever their
-  score or label, never count as relevant and never occupy a rank that a real item could take.
-  Their entries in :func:`ranks_of` hold :data:`PAD_RANK`.
+- **Padding** is never ranked: padded candidates come after every real one whatever their score
+  or label, never count as relevant and never take a rank that a real item could take. Their
+  entries in :func:`ranks_of` hold :data:`PAD_RANK`.
 - **Ties are broken pessimistically**: among candidates with equal scores, the less relevant ones
   rank first (a relevant item tied with an irrelevant one ranks *below* it), so a constant scorer
-  gets the worst possible ranking and never looks good. Tied candidates of equal relevance keep
-  their input order (this choice does not change any metric value).
-- **NaN scores** rank below every real number (as if ``-inf``), again the pessimistic choice; a
-  NaN tied with ``-inf`` follows the tie rule above.
+  gets the worst possible ranking and never looks good.
+- **NaN scores** rank below every real number (as if ``-inf``), after every other real candidate.
 
 Lists with no relevant real item have no defined recall / nDCG / MRR: those entries are **NaN**
 (use ``torch.isnan`` or :func:`has_positive` to select them). Accumulators
@@ -32,11 +31,12 @@ whole list (e.g. hit@K is 1 for every list that has a relevant item). ``k < 1`` 
 Definitions (``rank`` is 1-based, after the rules above):
 
 - hit@K (``recall_hit_at_k``, the cross-modal standard "Recall@K"): 1 if any relevant item has
-  ``rank <= K``, else 0.
+  ``rank <= K``, else 0 (:func:`xmr.metrics.ranking.ranked_recall_at_k`, ``"hit"``).
 - found@K (``recall_found_at_k``, the paper's eq. 5): (relevant items with ``rank <= K``) /
-  (all relevant items). Equals hit@K when a list has exactly one relevant item.
+  (all relevant items). Equals hit@K when a list has exactly one relevant item (``"found"``).
 - nDCG@K (``ndcg_at_k``): ``DCG@K / IDCG@K`` with ``DCG@K = sum_{rank<=K} (2^rel - 1) /
-  log2(rank + 1)``, IDCG@K the same sum over the labels sorted in decreasing order.
+  log2(rank + 1)`` over the relevant items, IDCG@K the same sum over the labels sorted in
+  decreasing order (gains, discounts and IDCG of :mod:`xmr.metrics.ranking`).
 - MRR (``mrr``): ``1 / rank`` of the best-ranked relevant item; with a cut-off ``k``, 0 when that
   rank exceeds ``k``.
 """
@@ -48,8 +48,19 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from xmr.metrics.ranking import (
+    dcg_discounts,
+    dcg_gains,
+    ideal_dcg,
+    pessimistic_order,
+    ranked_recall_at_k,
+    ranks_from_order,
+)
+
 __all__ = [
     "PAD_RANK",
+    "check_inputs",
+    "check_k",
     "has_positive",
     "list_metrics",
     "mrr",
@@ -57,7 +68,6 @@ __all__ = [
     "ranks_of",
     "recall_found_at_k",
     "recall_hit_at_k",
-    "topk_order",
 ]
 
 #: Value stored by :func:`ranks_of` at padded positions: larger than any cut-off, so that even a
@@ -65,8 +75,12 @@ __all__ = [
 PAD_RANK: int = torch.iinfo(torch.int64).max
 
 
-def _check_inputs(scores: Tensor, labels: Tensor | None, mask: Tensor) -> None:
-    """Validate shapes and dtypes (no device synchronisation)."""
+def check_inputs(scores: Tensor, labels: Tensor | None, mask: Tensor) -> None:
+    """Validate the shapes and dtypes of ``(scores, labels, mask)`` (no device synchronisation).
+
+    Raises:
+        ValueError: scores not 2-D floating, mask not bool, or shapes that differ.
+    """
     if scores.dim() != 2:
         raise ValueError(f"scores must be 2-D (B, L), got shape {tuple(scores.shape)}")
     if not torch.is_floating_point(scores):
@@ -83,48 +97,23 @@ def _check_inputs(scores: Tensor, labels: Tensor | None, mask: Tensor) -> None:
         )
 
 
-def _check_k(k: int, name: str = "k") -> None:
+def check_k(k: int, name: str = "k") -> None:
+    """Raise ``ValueError`` unless the cut-off ``k`` is an int ``>= 1``."""
     if isinstance(k, bool) or not isinstance(k, int):
         raise ValueError(f"{name} must be an int >= 1, got {k!r}")
     if k < 1:
         raise ValueError(f"{name} must be >= 1 (a cut-off of at least one item), got {k}")
 
 
-def _order(scores: Tensor, mask: Tensor, labels: Tensor | None) -> Tensor:
-    """Lexicographic order: real before padding, then score desc, then relevance asc, then index.
-
-    Implemented as successive stable sorts from the least to the most significant key.
-    Returns ``(B, L)`` int64 candidate indices.
-    """
-    scores = scores.detach().masked_fill(torch.isnan(scores), float("-inf"))  # (B, L)
-    order = torch.arange(scores.shape[1], device=scores.device).expand_as(scores)  # (B, L)
-    if labels is not None:
-        rel = labels.detach().to(scores.dtype)  # (B, L)
-        idx = torch.sort(rel, dim=1, stable=True).indices  # less relevant first (pessimistic)
-        order = order.gather(1, idx)
-    idx = torch.sort(scores.gather(1, order), dim=1, descending=True, stable=True).indices
-    order = order.gather(1, idx)
-    is_pad = (~mask).gather(1, order).to(torch.uint8)  # (B, L) 0 real, 1 padding
-    idx = torch.sort(is_pad, dim=1, stable=True).indices
-    return order.gather(1, idx)
-
-
-def topk_order(scores: Tensor, mask: Tensor) -> Tensor:
-    """Candidate indices of each list by decreasing score, padding last.
-
-    Equal scores keep their input order; NaN scores come after every real number (before
-    padding). Used to write predictions files: ``candidates.gather(1, topk_order(s, m))``.
-
-    Args:
-        scores: ``(B, L)`` float.
-        mask: ``(B, L)`` bool, True = real candidate.
-
-    Returns:
-        ``(B, L)`` int64; row ``b`` lists the positions of list ``b``'s candidates, best first,
-        with the ``L - mask[b].sum()`` padded positions at the end.
-    """
-    _check_inputs(scores, None, mask)
-    return _order(scores, mask, None)
+def _ranked(scores: Tensor, labels: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(ranks, relevant, ranked_relevant)``, each ``(B, L)``: 1-based pessimistic ranks
+    (:data:`PAD_RANK` at padding), whether each candidate is a relevant real one, and that
+    relevance in ranked order (best first, padding last)."""
+    check_inputs(scores, labels, mask)
+    order = pessimistic_order(scores, labels, mask)  # (B, L)
+    relevant = _relevant(labels, mask)  # (B, L)
+    ranks = ranks_from_order(order).masked_fill(~mask, PAD_RANK)  # (B, L)
+    return ranks, relevant, relevant.gather(1, order)
 
 
 def ranks_of(scores: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
@@ -139,11 +128,7 @@ def ranks_of(scores: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
         ``(B, L)`` int64. Real candidates of list ``b`` hold a permutation of
         ``1..mask[b].sum()``; padded positions hold :data:`PAD_RANK`.
     """
-    _check_inputs(scores, labels, mask)
-    order = _order(scores, mask, labels)  # (B, L)
-    positions = torch.arange(1, scores.shape[1] + 1, device=scores.device).expand_as(order)
-    ranks = torch.empty_like(order).scatter_(1, order, positions)  # (B, L)
-    return ranks.masked_fill(~mask, PAD_RANK)
+    return _ranked(scores, labels, mask)[0]
 
 
 def _relevant(labels: Tensor, mask: Tensor) -> Tensor:
@@ -167,27 +152,10 @@ def _nan_where_no_positive(values: Tensor, relevant: Tensor) -> Tensor:
     return values.masked_fill(~relevant.any(dim=1), float("nan"))
 
 
-def _hit(ranks: Tensor, relevant: Tensor, k: int, dtype: torch.dtype) -> Tensor:
-    hit = (relevant & (ranks <= k)).any(dim=1).to(dtype)  # (B,)
-    return _nan_where_no_positive(hit, relevant)
-
-
-def _found(ranks: Tensor, relevant: Tensor, k: int, dtype: torch.dtype) -> Tensor:
-    found = (relevant & (ranks <= k)).sum(dim=1).to(dtype)  # (B,)
-    total = relevant.sum(dim=1).to(dtype)  # (B,)
-    return found / total  # 0 / 0 = NaN for lists without a positive
-
-
 def _ndcg(ranks: Tensor, relevant: Tensor, labels: Tensor, k: int, dtype: torch.dtype) -> Tensor:
-    gains = torch.where(relevant, torch.exp2(labels.to(dtype)) - 1.0, 0.0)  # (B, L)
-    in_cut = relevant & (ranks <= k)  # (B, L)
-    safe_ranks = torch.where(in_cut, ranks, 1).to(dtype)  # avoid log2 of PAD_RANK
-    dcg = (gains * in_cut / torch.log2(safe_ranks + 1.0)).sum(dim=1)  # (B,)
-
-    ideal = torch.sort(gains, dim=1, descending=True).values  # (B, L), padding gains are 0
-    positions = torch.arange(1, ranks.shape[1] + 1, device=ranks.device, dtype=dtype)  # (L,)
-    discount = torch.where(positions <= k, 1.0 / torch.log2(positions + 1.0), 0.0)  # (L,)
-    idcg = (ideal * discount).sum(dim=1)  # (B,)
+    gains = dcg_gains(labels.to(dtype), relevant)  # (B, L), 0 unless relevant
+    dcg = (gains * dcg_discounts(ranks.to(dtype), k)).sum(dim=1)  # (B,)
+    idcg = ideal_dcg(gains, k)  # (B,)
     return _nan_where_no_positive(dcg / idcg.clamp_min(torch.finfo(dtype).tiny), relevant)
 
 
@@ -207,9 +175,9 @@ def recall_hit_at_k(scores: Tensor, labels: Tensor, mask: Tensor, k: int) -> Ten
     Returns:
         ``(B,)`` float in ``{0, 1}`` or NaN.
     """
-    _check_k(k)
-    ranks = ranks_of(scores, labels, mask)  # (B, L)
-    return _hit(ranks, _relevant(labels, mask), k, _out_dtype(scores))
+    check_k(k)
+    ranked_relevant = _ranked(scores, labels, mask)[2]  # (B, L)
+    return ranked_recall_at_k(ranked_relevant, k, "hit", _out_dtype(scores))
 
 
 def recall_found_at_k(scores: Tensor, labels: Tensor, mask: Tensor, k: int) -> Tensor:
@@ -221,9 +189,9 @@ def recall_found_at_k(scores: Tensor, labels: Tensor, mask: Tensor, k: int) -> T
     Returns:
         ``(B,)`` float in ``[0, 1]`` or NaN.
     """
-    _check_k(k)
-    ranks = ranks_of(scores, labels, mask)  # (B, L)
-    return _found(ranks, _relevant(labels, mask), k, _out_dtype(scores))
+    check_k(k)
+    ranked_relevant = _ranked(scores, labels, mask)[2]  # (B, L)
+    return ranked_recall_at_k(ranked_relevant, k, "found", _out_dtype(scores))
 
 
 def ndcg_at_k(scores: Tensor, labels: Tensor, mask: Tensor, k: int = 10) -> Tensor:
@@ -235,9 +203,9 @@ def ndcg_at_k(scores: Tensor, labels: Tensor, mask: Tensor, k: int = 10) -> Tens
     Returns:
         ``(B,)`` float in ``[0, 1]`` or NaN.
     """
-    _check_k(k)
-    ranks = ranks_of(scores, labels, mask)  # (B, L)
-    return _ndcg(ranks, _relevant(labels, mask), labels, k, _out_dtype(scores))
+    check_k(k)
+    ranks, relevant, _ = _ranked(scores, labels, mask)  # (B, L) each
+    return _ndcg(ranks, relevant, labels, k, _out_dtype(scores))
 
 
 def mrr(scores: Tensor, labels: Tensor, mask: Tensor, k: int | None = None) -> Tensor:
@@ -251,9 +219,9 @@ def mrr(scores: Tensor, labels: Tensor, mask: Tensor, k: int | None = None) -> T
         ``(B,)`` float in ``(0, 1]`` (``[0, 1]`` with a cut-off) or NaN.
     """
     if k is not None:
-        _check_k(k)
-    ranks = ranks_of(scores, labels, mask)  # (B, L)
-    return _mrr(ranks, _relevant(labels, mask), k, _out_dtype(scores))
+        check_k(k)
+    ranks, relevant, _ = _ranked(scores, labels, mask)  # (B, L) each
+    return _mrr(ranks, relevant, k, _out_dtype(scores))
 
 
 def list_metrics(
@@ -270,16 +238,15 @@ def list_metrics(
         "mrr"}``, each ``(B,)`` with NaN for lists without a relevant real candidate.
     """
     for k in ks:
-        _check_k(k, "ks entry")
-    _check_k(ndcg_k, "ndcg_k")
+        check_k(k, "ks entry")
+    check_k(ndcg_k, "ndcg_k")
     dtype = _out_dtype(scores)
-    ranks = ranks_of(scores, labels, mask)  # (B, L)
-    relevant = _relevant(labels, mask)  # (B, L)
+    ranks, relevant, ranked_relevant = _ranked(scores, labels, mask)  # (B, L) each
     out: dict[str, Tensor] = {}
     for k in ks:
-        out[f"recall@{k}"] = _hit(ranks, relevant, k, dtype)
+        out[f"recall@{k}"] = ranked_recall_at_k(ranked_relevant, k, "hit", dtype)
     for k in ks:
-        out[f"recall_found@{k}"] = _found(ranks, relevant, k, dtype)
+        out[f"recall_found@{k}"] = ranked_recall_at_k(ranked_relevant, k, "found", dtype)
     out[f"ndcg@{ndcg_k}"] = _ndcg(ranks, relevant, labels, ndcg_k, dtype)
     out["mrr"] = _mrr(ranks, relevant, None, dtype)
     return out

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from xmr.metrics.functional import _check_inputs, _check_k, list_metrics
+from xmr.metrics.functional import check_inputs, check_k, list_metrics
 
 __all__ = ["ListRetrievalMetrics"]
 
@@ -56,10 +56,10 @@ class ListRetrievalMetrics(Metric):
         if not ks:
             raise ValueError("ListRetrievalMetrics: ks must hold at least one cut-off")
         for k in ks:
-            _check_k(k, "ListRetrievalMetrics ks entry")
+            check_k(k, "ListRetrievalMetrics ks entry")
         if len(set(ks)) != len(ks):
             raise ValueError(f"ListRetrievalMetrics: ks must not repeat a cut-off, got {ks}")
-        _check_k(ndcg_k, "ListRetrievalMetrics ndcg_k")
+        check_k(ndcg_k, "ListRetrievalMetrics ndcg_k")
         self.ks = ks
         self.ndcg_k = ndcg_k
         # float64 sums: exact enough for millions of lists; counts as int64.
@@ -75,7 +75,7 @@ class ListRetrievalMetrics(Metric):
 
     def update(self, scores: Tensor, labels: Tensor, mask: Tensor) -> None:
         """Add a batch of lists: ``scores``/``labels``/``mask`` ``(B, L)``, mask True = real."""
-        _check_inputs(scores, labels, mask)
+        check_inputs(scores, labels, mask)
         per_list = list_metrics(
             scores.detach().to(torch.float64), labels, mask, self.ks, self.ndcg_k
         )  # each (B,), NaN where a list has no positive

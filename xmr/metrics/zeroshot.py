@@ -8,9 +8,10 @@ Definitions, for one split with N images and M captions, scores = dot products o
 - **t2i** (caption query, "image retrieval"): each caption ranks all N images; hit at K when its
   image is in the top K.
 - Recall@K = hits / queries, a fraction in [0, 1] (multiply by 100 for the usual %).
-- Ties break pessimistically, as everywhere in xmr: a relevant item tied with an irrelevant one
-  ranks below it. The rank of the best relevant item is therefore the number of *irrelevant*
-  items scoring >= it, and a constant scorer gets recall ~0, never 1.
+- Each query's gallery is ranked in the pessimistic order of
+  :func:`xmr.metrics.ranking.pessimistic_order` (its top K: ``pessimistic_topk``), as everywhere in xmr: a relevant item tied with
+  an irrelevant one ranks below it (a constant scorer gets recall ~0, never 1), a NaN score ranks
+  last. Recall@K is :func:`xmr.metrics.ranking.ranked_recall_at_k` (``"hit"``).
 
 Computed with chunked float32 matmuls: memory is O(chunk * gallery), never O(N * M).
 """
@@ -20,28 +21,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from xmr.data.store import FeatureStore
+from xmr.metrics.ranking import pessimistic_topk, ranked_recall_at_k
 
 __all__ = ["full_gallery_recall", "store_split_recall"]
 
 
-def _best_relevant_rank(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
-    """0-based pessimistic rank of the best relevant item of each row.
+def _hits(scores: np.ndarray, relevant: np.ndarray, ks: tuple[int, ...]) -> np.ndarray:
+    """``(C, len(ks))`` bool: whether a relevant item is in each query's top K, for K in ``ks``.
 
     Args:
         scores: ``(C, G)`` float32 scores of C queries over a gallery of G items.
         relevant: ``(C, G)`` bool, True where the item is relevant to the query.
-
-    Returns:
-        ``(C,)`` int64: number of irrelevant items scoring >= the best relevant score
-        (``G`` when a row has no relevant item).
     """
-    best = np.where(relevant, scores, -np.inf).max(axis=1)  # (C,)
-    above = (scores >= best[:, None]) & ~relevant  # (C, G)
-    rank = above.sum(axis=1).astype(np.int64)
-    rank[~relevant.any(axis=1)] = scores.shape[1]
-    return rank
+    s, rel = torch.from_numpy(scores), torch.from_numpy(relevant)  # (C, G) each
+    order = pessimistic_topk(s, rel, torch.ones_like(rel), max(ks))  # (C, K_max)
+    ranked = rel.gather(1, order)  # (C, K_max)
+    # A query without a relevant item (NaN recall) is left out by the callers; 0 here.
+    hits = [ranked_recall_at_k(ranked, k).nan_to_num(0.0) > 0 for k in ks]
+    return torch.stack(hits, dim=1).numpy()
 
 
 def full_gallery_recall(
@@ -77,36 +77,38 @@ def full_gallery_recall(
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     ks = tuple(int(k) for k in ks)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must be cut-offs >= 1, got {ks}")
     txt32 = txt.astype(np.float32, copy=False)  # (M, D)
     img32 = img.astype(np.float32, copy=False)  # (N, D)
 
     # i2t: image queries over all captions.
-    i2t_ranks = []
+    i2t_parts = []
     for s in range(0, n, chunk):
         q = img32[s : s + chunk]  # (C, D)
         scores = q @ txt32.T  # (C, M)
         relevant = t2i[None, :] == np.arange(s, s + q.shape[0])[:, None]  # (C, M)
-        i2t_ranks.append(_best_relevant_rank(scores, relevant))
-    i2t_rank = np.concatenate(i2t_ranks) if i2t_ranks else np.zeros(0, np.int64)  # (N,)
+        i2t_parts.append(_hits(scores, relevant, ks))
+    i2t_hits = np.concatenate(i2t_parts) if i2t_parts else np.zeros((0, len(ks)), bool)  # (N, K)
     has_caption = np.bincount(t2i, minlength=n) > 0  # (N,)
-    i2t_rank = i2t_rank[has_caption]
+    i2t_hits = i2t_hits[has_caption]
 
     # t2i: caption queries over all images.
-    t2i_ranks = []
+    t2i_parts = []
     for s in range(0, m, chunk):
         q = txt32[s : s + chunk]  # (C, D)
         scores = q @ img32.T  # (C, N)
         relevant = np.zeros(scores.shape, dtype=bool)
         relevant[np.arange(q.shape[0]), t2i[s : s + q.shape[0]]] = True
-        t2i_ranks.append(_best_relevant_rank(scores, relevant))
-    t2i_rank = np.concatenate(t2i_ranks) if t2i_ranks else np.zeros(0, np.int64)  # (M,)
+        t2i_parts.append(_hits(scores, relevant, ks))
+    t2i_hits = np.concatenate(t2i_parts) if t2i_parts else np.zeros((0, len(ks)), bool)  # (M, K)
 
-    def recall(rank: np.ndarray) -> dict[str, float]:
-        if rank.size == 0:
+    def recall(hits: np.ndarray) -> dict[str, float]:
+        if hits.shape[0] == 0:
             return {f"recall@{k}": float("nan") for k in ks}
-        return {f"recall@{k}": float((rank < k).mean()) for k in ks}
+        return {f"recall@{k}": float(hits[:, i].mean()) for i, k in enumerate(ks)}
 
-    return {"i2t": recall(i2t_rank), "t2i": recall(t2i_rank)}
+    return {"i2t": recall(i2t_hits), "t2i": recall(t2i_hits)}
 
 
 def store_split_recall(

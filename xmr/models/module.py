@@ -1,9 +1,10 @@
 """The LightningModule: one ranker per direction, a pluggable loss, Recall@K per direction.
 
 Logged keys are ``{stage}/{direction}/{metric}`` (e.g. ``val/t2i/recall@1``) plus
-``{stage}/rsum`` — the sum of hit@1/5/10 over the trained directions, in percent, the usual
-single-number summary of cross-modal retrieval (the monitored key is ``monitor`` in
-conf/train.yaml).
+``{stage}/rsum`` — :func:`xmr.metrics.ranking.rsum`: the sum of hit@1/5/10 over the trained
+directions, in percent, the usual single-number summary of cross-modal retrieval (the monitored
+key is ``monitor`` in conf/train.yaml). The test predictions rank each list in the pessimistic
+order of :func:`xmr.metrics.ranking.pessimistic_order`, the order the metrics use.
 """
 
 from __future__ import annotations
@@ -17,18 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from xmr.data.datamodule import pair_features
+from xmr.metrics.ranking import pessimistic_order, rsum
 from xmr.metrics.retrieval import ListRetrievalMetrics
-
-RSUM_KS: tuple[int, ...] = (1, 5, 10)
-
-
-def ranked_order(scores: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
-    """Candidate order ``(B, L)``: by score descending, ties with the irrelevant item first
-    (pessimistic, as the metrics), padding last."""
-    s = scores.float().masked_fill(~mask, float("-inf"))
-    by_label = torch.argsort(labels.float() - (~mask).float() * 2, dim=1, stable=True)
-    order = torch.argsort(torch.gather(s, 1, by_label), dim=1, descending=True, stable=True)
-    return torch.gather(by_label, 1, order)
 
 
 def gather_predictions(
@@ -197,7 +188,7 @@ class RankingModule(L.LightningModule):
                 sync_dist=True,
             )
         if stage == "test" and self.collect_predictions:
-            order = ranked_order(scores, labels, mask)  # (B, L)
+            order = pessimistic_order(scores, labels, mask)  # (B, L), padding last
             self._pred_parts.setdefault(direction, []).append(
                 {
                     "query": batch["query"].cpu().numpy(),
@@ -221,17 +212,16 @@ class RankingModule(L.LightningModule):
 
     def _log_epoch(self, stage: str) -> None:
         values: dict[str, Tensor] = {}
-        rsum = torch.zeros((), device=self.device)
         for d in self.directions:
             metric = self.metrics[f"{stage}_{d}"]
             for name, value in metric.compute().items():
                 values[f"{stage}/{d}/{name}"] = torch.as_tensor(value, dtype=torch.float32)
-            for k in RSUM_KS:
-                if f"{stage}/{d}/recall@{k}" in values:
-                    rsum = rsum + 100.0 * values[f"{stage}/{d}/recall@{k}"].to(rsum.device)
             metric.reset()
+        total = rsum(values, stage, self.directions)
+        if total is None:  # no cut-off of the rsum among ks
+            total = torch.zeros((), device=self.device)
         self.log_dict(values, prog_bar=False, add_dataloader_idx=False, batch_size=1)
-        self.log(f"{stage}/rsum", rsum, prog_bar=True, add_dataloader_idx=False, batch_size=1)
+        self.log(f"{stage}/rsum", total, prog_bar=True, add_dataloader_idx=False, batch_size=1)
 
     def on_validation_epoch_start(self) -> None:
         self._calibrate_pair_model()
@@ -265,14 +255,17 @@ class RankingModule(L.LightningModule):
             self.predictions = local
 
     def _recompute_test_metrics(self, predictions: Mapping[str, Mapping[str, np.ndarray]]) -> None:
-        """Refill the test metrics from complete ranked lists, without cross-rank reduction."""
+        """Refill the test metrics from complete ranked lists, without cross-rank reduction.
+
+        Padding is where the candidate id is -1; a NaN score of a real candidate stays a score
+        (the metrics rank it last among the real candidates)."""
         for d, arrays in predictions.items():
             metric = self.metrics[f"test_{d}"]
             metric.reset()
-            scores = torch.from_numpy(arrays["scores"]).to(self.device)  # (Q, L), NaN = padding
-            mask = ~torch.isnan(scores)
+            scores = torch.from_numpy(arrays["scores"]).to(self.device)  # (Q, L)
+            mask = torch.from_numpy(arrays["candidates"] >= 0).to(self.device)  # (Q, L)
             labels = torch.from_numpy(arrays["labels"].astype(np.float32)).to(self.device)
-            metric.update(scores.nan_to_num(0.0), labels, mask)
+            metric.update(scores, labels, mask)
             metric.sync_on_compute = False  # every rank holds all lists now
             metric._to_sync = False
 

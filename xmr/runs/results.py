@@ -19,12 +19,14 @@
 
 Metric values are fractions in [0, 1] (``rsum`` is in percent points, the sum of hit@1/5/10).
 
-``predictions_{direction}.npz``: one row per test query, candidates in ranked order (best
-first; ties broken pessimistically as in the metrics; padding last)::
+``predictions_{direction}.npz``: one row per test query, candidates in ranked order: the
+pessimistic order of :func:`xmr.metrics.ranking.pessimistic_order`, as in the metrics (best
+first; ties broken pessimistically; a NaN score last among the real candidates; padding last)::
 
     query       (Q,)   int64    query id (text id for t2i, image id for i2t)
     candidates  (Q, L) int64    candidate ids in ranked order, -1 = padding
-    scores      (Q, L) float32  the scorer's scores in that order, NaN at padding
+    scores      (Q, L) float32  the scorer's scores in that order, NaN at padding (a real
+                                candidate the scorer gave NaN keeps its id and its NaN)
     labels      (Q, L) uint8    relevance in that order, 0 at padding
 """
 
