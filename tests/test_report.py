@@ -22,10 +22,10 @@ import pytest
 import yaml
 from _sweep import LOSSES
 
+from xmr.metrics.ranking import ranked_recall_at_k, ranked_recall_curve
 from xmr.report.cli import build_report, main
 from xmr.report.collect import assign_rows
-from xmr.report.curves import recall_curve
-from xmr.report.significance import paired_bootstrap, per_query_recall, significance
+from xmr.report.significance import paired_bootstrap, significance
 from xmr.report.table import BASELINE, table
 from xmr.runs.naming import method_of_config
 
@@ -183,7 +183,7 @@ def _fake_run(root: Path, name: str, method: str, seed: int, labels: np.ndarray)
     }
     for d in ("t2i", "i2t"):
         for k in (1, 5, 10):
-            res[f"test/{d}/recall@{k}"] = float(per_query_recall(labels, k).mean())
+            res[f"test/{d}/recall@{k}"] = float(ranked_recall_at_k(labels, k).numpy().mean())
     (out / "results.json").write_text(json.dumps(res))
     return res
 
@@ -211,7 +211,7 @@ def test_significance_identical_and_clearly_better(tmp_path: Path) -> None:
     assert good["p"] < 1e-3 and good["low"] > 0
     # Δ = mean over queries of (mean over seeds of hit@1) - cosine hit@1, in percent points
     expected = 100 * (
-        np.mean([per_query_recall(_load(tmp_path / f"good{s}"), 1) for s in (0, 1)])
+        np.mean([ranked_recall_at_k(_load(tmp_path / f"good{s}"), 1).numpy() for s in (0, 1)])
         - cosine[:, 0].mean()
     )
     assert good["delta"] == pytest.approx(expected)
@@ -246,14 +246,14 @@ def test_recall_curve_matches_naive_loop() -> None:
     rng = np.random.default_rng(0)
     labels = (rng.random((30, 12)) < 0.15).astype(np.uint8)
     labels[0] = 0  # no positive: excluded
-    curve = recall_curve(labels, 50, "hit")
-    found = recall_curve(labels, 50, "found")
+    curve = ranked_recall_curve(labels, 50, "hit").numpy()
+    found = ranked_recall_curve(labels, 50, "found").numpy()
     assert curve.shape == (12,)
     kept = [row for row in labels if row.sum() > 0]
     for k in range(1, 13):
         assert curve[k - 1] == pytest.approx(np.mean([row[:k].any() for row in kept]))
         assert found[k - 1] == pytest.approx(np.mean([row[:k].sum() / row.sum() for row in kept]))
-    assert np.isnan(per_query_recall(labels, 1)[0])
+    assert np.isnan(ranked_recall_at_k(labels, 1).numpy()[0])
 
 
 def test_grid_points_are_rows_but_direction_and_seed_are_not() -> None:

@@ -304,9 +304,9 @@ def _train_ensemble(cfg: DictConfig) -> list[dict[str, Any]]:
         if scheduler is not None:
             scheduler.step()
         for e in range(E):
-            rsum = vals[e]["val/rsum"]
-            if best_val[e] is None or bool(rsum > best_val[e]):
-                best_val[e] = rsum
+            val_rsum = vals[e]["val/rsum"]
+            if best_val[e] is None or bool(val_rsum > best_val[e]):
+                best_val[e] = val_rsum
                 best_state[e] = {d: ensembles[d].member_state_dict(e) for d in directions}
             last_val[e] = vals[e]
             record: dict[str, Any] = {"stage": "val", "epoch": epoch, "step": step}

@@ -45,7 +45,6 @@ from torch import Tensor, nn
 
 from xmr.data.store import FeatureStore
 from xmr.metrics.ranking import pessimistic_order, pessimistic_topk, ranked_recall_at_k, rsum
-from xmr.models.ranker import CosineScorer
 
 log = logging.getLogger(__name__)
 
@@ -153,26 +152,17 @@ def rerank_recall(
     return out
 
 
-def _cosine_matrix(gallery: Tensor) -> Callable[[Tensor], Tensor]:
+def cosine_gallery_scores(gallery: Tensor) -> Callable[[Tensor], Tensor]:
+    """Scores of queries ``(B, D)`` against every gallery item ``(G, D)``: cosine, ``(B, G)``."""
     g = F.normalize(gallery.float(), dim=-1)  # (G, D)
     return lambda q: F.normalize(q.float(), dim=-1) @ g.T
 
 
-def _self_first_stage(net: nn.Module, direction: str, gallery: Tensor) -> Callable | None:
-    """First-stage scores from the model itself, when it scores each pair alone."""
-    model = getattr(net, "model", None)
-    if model is not None and getattr(model, "pairwise", False):
-        embed_q, embed_g = (
-            (model.embed_text, model.embed_image)
-            if direction == "t2i"
-            else (model.embed_image, model.embed_text)
-        )
-        device = next(model.parameters()).device
-        g = F.normalize(embed_g(gallery.to(device)), dim=-1)  # (G, E)
-        return lambda q: (F.normalize(embed_q(q.to(device)), dim=-1) @ g.T).cpu()
-    if isinstance(net, CosineScorer):
-        return _cosine_matrix(gallery)
-    return None
+def _self_first_stage(net: nn.Module, gallery: Tensor) -> Callable[[Tensor], Tensor] | None:
+    """First-stage scores from the model itself: a scorer that scores each (query, candidate)
+    pair alone offers ``gallery_scores(gallery) -> (queries (B, D) -> scores (B, G))``."""
+    offer = getattr(net, "gallery_scores", None)
+    return offer(gallery) if callable(offer) else None
 
 
 @torch.no_grad()
@@ -213,9 +203,9 @@ def evaluate_full_gallery(
                     )
                 stage = "self"
             else:
-                first = _cosine_matrix(g_feats)
+                first = cosine_gallery_scores(g_feats)
         if stage == "self":
-            first = _self_first_stage(net, direction, g_feats)
+            first = _self_first_stage(net, g_feats)
             if first is None:
                 reason = (
                     f"{direction}: no first stage — the store is not one joint space and "

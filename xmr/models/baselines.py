@@ -21,7 +21,7 @@ model itself score t2i lists (caption query, image candidates).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -98,7 +98,6 @@ class PairEmbeddingModel(nn.Module, ScorerKind):
         num_classes: number of image ids (CMPC's classifier); passed by the trainer.
     """
 
-    pairwise = True
     trains_on: ClassVar[str] = "pairs"
 
     @classmethod
@@ -202,6 +201,19 @@ class DirectionScorer(nn.Module):
 
     def forward_split(self, q: Tensor, c: Tensor, mask: Tensor) -> Tensor:
         return self.model.score_split(q, c, mask, self.direction)
+
+    def gallery_scores(self, gallery: Tensor) -> Callable[[Tensor], Tensor]:
+        """Scores of queries ``(B, D_q)`` against the whole gallery ``(G, D_c)`` in the model's
+        learned space: ``(B, G)`` (the model scores each pair alone, so it can rank a gallery)."""
+        model = self.model
+        embed_q, embed_g = (
+            (model.embed_text, model.embed_image)
+            if self.direction == "t2i"
+            else (model.embed_image, model.embed_text)
+        )
+        device = next(model.parameters()).device
+        g = F.normalize(embed_g(gallery.to(device)), dim=-1)  # (G, E)
+        return lambda q: (F.normalize(embed_q(q.to(device)), dim=-1) @ g.T).cpu()
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         return self.forward_split(x[:, 0, : self.query_dim], x[..., self.query_dim :], mask)

@@ -8,13 +8,14 @@ carry no meaning: losses and metrics take the mask.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from xmr.data.datamodule import XMRDataModule
+from xmr.metrics.full_gallery import cosine_gallery_scores
 from xmr.models.encoder import encode
 from xmr.models.scorer import ScorerKind, Scorers
 from xmr.utils.instantiate import ConfigError
@@ -234,6 +235,10 @@ class CosineScorer(nn.Module, ScorerKind):
         c = torch.nn.functional.normalize(c.float(), dim=-1)  # (B, L, D)
         scores = torch.einsum("bd,bld->bl", q, c)  # (B, L)
         return scores.masked_fill(~mask, 0.0)
+
+    def gallery_scores(self, gallery: Tensor) -> Callable[[Tensor], Tensor]:
+        """Cosine of queries ``(B, D)`` against the whole gallery ``(G, D)``: ``(B, G)``."""
+        return cosine_gallery_scores(gallery)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         return self.forward_split(x[:, 0, : self.query_dim], x[..., self.query_dim :], mask)

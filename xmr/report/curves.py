@@ -9,19 +9,10 @@ import numpy as np
 
 from xmr.callbacks.history import read_history
 from xmr.data.store import TABLE_ORDER
+from xmr.metrics.ranking import ranked_recall_curve
 from xmr.report.collect import run_predictions
 
 CURVE_MAX_K = 50
-
-
-def recall_curve(labels: np.ndarray, max_k: int = CURVE_MAX_K, recall: str = "hit") -> np.ndarray:
-    """Mean Recall@K for K = 1 .. min(max_k, L): ``(K,)`` fractions, from ranked labels (Q, L)."""
-    rel = labels.astype(np.float64)  # (Q, L)
-    total = rel.sum(1)  # (Q,)
-    keep = total > 0
-    cum = np.cumsum(rel[keep], axis=1)[:, :max_k]  # (Q', K)
-    per = (cum > 0).astype(np.float64) if recall == "hit" else cum / total[keep, None]
-    return per.mean(0) if len(per) else np.full(min(max_k, rel.shape[1]), np.nan)
 
 
 def recall_curves(
@@ -32,7 +23,7 @@ def recall_curves(
     for name, row in rows.items():
         for direction in TABLE_ORDER:
             per_run = [
-                recall_curve(p["labels"], max_k, recall)
+                ranked_recall_curve(p["labels"], max_k, recall).numpy()
                 for r in row["runs"]
                 if (p := run_predictions(r, direction)) is not None
             ]

@@ -17,21 +17,11 @@ from typing import Any
 import numpy as np
 
 from xmr.data.store import TABLE_ORDER
+from xmr.metrics.ranking import ranked_recall_at_k
 from xmr.report.collect import run_predictions
 from xmr.report.table import BASELINE
 
 N_RESAMPLES = 10_000
-
-
-def per_query_recall(labels: np.ndarray, k: int, recall: str = "hit") -> np.ndarray:
-    """Per-query Recall@K from ranked labels ``(Q, L)`` (best first): ``(Q,)`` float, NaN for a
-    query without any relevant item (excluded from recall, as in :mod:`xmr.metrics`)."""
-    rel = labels.astype(np.float64)  # (Q, L)
-    total = rel.sum(1)  # (Q,)
-    top = rel[:, :k].sum(1)  # (Q,)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        value = (top > 0).astype(np.float64) if recall == "hit" else top / total
-    return np.where(total > 0, value, np.nan)
 
 
 def align_predictions(
@@ -116,7 +106,7 @@ def significance(
                 continue
             base = base_preds[0]
             base_value = np.nanmean(
-                [per_query_recall(p["labels"], k, recall) for p in base_preds], axis=0
+                [ranked_recall_at_k(p["labels"], k, recall).numpy() for p in base_preds], axis=0
             )  # (Q,) mean over the baseline's runs (one, usually: cosine has no seed)
             per_seed, note = [], ""
             for run in sorted(row["runs"], key=lambda r: str(r.get("seed"))):
@@ -128,7 +118,7 @@ def significance(
                     note = "different test lists than the baseline: not compared"
                     continue
                 a_idx, b_idx = pair
-                value = per_query_recall(pred["labels"], k, recall)[a_idx]  # (Q,)
+                value = ranked_recall_at_k(pred["labels"], k, recall).numpy()[a_idx]  # (Q,)
                 per_seed.append((run.get("seed"), value, base_value[b_idx]))
             if not per_seed:
                 if note:
