@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header, make_optimizer, runtime  # noqa: E402
 
 from xmr.data.datamodule import XMRDataModule, mining_tag, prepare_store_and_lists  # noqa: E402
-from xmr.data.mining import mine_lists  # noqa: E402
+from xmr.data.mining import MINING_DEFAULTS, mine_lists  # noqa: E402
 from xmr.data.store import FeatureStore  # noqa: E402
 from xmr.losses.listnet import ListNetLoss  # noqa: E402
 from xmr.models.module import RankingModule  # noqa: E402
@@ -33,14 +33,7 @@ from xmr.models.ranker import ContextAwareRanker  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STORE = ROOT / "data" / "synthetic-paper"
-MINING = {
-    "pool": 200,
-    "hard": 50,
-    "t2i_captions_per_image": 1,
-    "i2t_positives": 1,
-    "seed": 0,
-    "strategy": "hard",
-}
+MINING = MINING_DEFAULTS  # the paper's lists: 50 hard negatives of a random pool of 200
 
 
 def datamodule(max_lists: int | None) -> XMRDataModule:
