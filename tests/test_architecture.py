@@ -29,6 +29,7 @@ COMMANDS = {
     "xmr.prepare",
     "xmr.reproduce",
     "xmr.zeroshot",
+    "xmr.embed",
 }
 
 

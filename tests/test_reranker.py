@@ -117,3 +117,27 @@ def test_untrained_reranker_equals_cosine_in_both_protocols(
     assert any(k.startswith("test_full/") for k in keys)
     for k in keys:
         assert results["reranker"][k] == pytest.approx(results["cosine"][k], abs=1e-9), k
+
+
+def test_embed_makes_a_pairwise_model_a_first_stage(tiny_store: Path, tmp_path: Path) -> None:
+    """``xmr embed``: the store of a trained InfoNCE run's embeddings ranks every gallery exactly
+    as the model itself does (its cosine is the model's score), so it serves as first stage."""
+    from _compose import tiny_overrides
+
+    from xmr.data.store import FeatureStore
+    from xmr.embed import embed
+    from xmr.metrics.zeroshot import store_split_recall
+
+    extra = ["model=infonce", "model.pair_batch_size=64", "protocol.full_gallery.first_stage=self"]
+    cfg = make_cfg(tmp_path, tiny_overrides(tiny_store, *extra, f"data.lists_root={tmp_path}/l"))
+    results = train(cfg)
+    out = embed(cfg.paths.output_dir, tmp_path / "infonce-store")
+    store = FeatureStore.open(out)
+    assert store.joint_space and store.manifest["encoder"]["model"] == "InfoNCEModel"
+    zs = store_split_recall(store, "test")
+    for d in ("t2i", "i2t"):
+        for k in (1, 5, 10):
+            want = results[f"test_full/{d}/first_stage_recall@{k}"]
+            assert zs[d][f"recall@{k}"] == pytest.approx(want), (d, k)
+    with pytest.raises(SystemExit, match="exists"):
+        embed(cfg.paths.output_dir, out)

@@ -25,6 +25,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "eval": ("xmr.eval", "main", "re-evaluate a run: run_dir=DIR [ckpt=FILE] [key=value ...]"),
     "extract": ("xmr.extract", "main", "encode images + captions with open_clip (Hydra)"),
+    "embed": (
+        "xmr.embed",
+        "main",
+        "a trained pairwise model's embeddings as a store: run_dir=DIR out=DIR",
+    ),
     "eval-zeroshot": ("xmr.zeroshot", "main", "full-gallery Recall@K: store=DIR [split=test]"),
     "report": (
         "xmr.report.cli",

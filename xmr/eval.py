@@ -16,16 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import lightning as L
-from omegaconf import DictConfig, OmegaConf
-
-from xmr.data.datamodule import XMRDataModule
-from xmr.models.build import build_module, load_weights
-from xmr.models.scorer import scorer_kind
-from xmr.runs.lifecycle import EVAL_RESULTS_FILE, test_record, write_record
+from xmr.runs.lifecycle import EVAL_RESULTS_FILE, restore_run, test_record, write_record
 from xmr.runs.naming import run_method
-from xmr.utils.config import validate_config
-from xmr.utils.instantiate import instantiate
 
 log = logging.getLogger(__name__)
 
@@ -38,36 +30,17 @@ def evaluate(
 ) -> dict[str, Any]:
     """Rebuild the run of ``run_dir`` (its ``config.yaml``), load ``ckpt`` (default: the run's
     best checkpoint), test it, and write predictions + ``eval_results.json``."""
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{cfg_path}: no saved config — is {run_dir} an xmr run directory?")
-    cfg: DictConfig = OmegaConf.load(cfg_path)  # type: ignore[assignment]
-    if overrides:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))  # type: ignore[assignment]
-    validate_config(cfg)
-    out_dir = Path(out) if out else run_dir
+    run = restore_run(run_dir, overrides, ckpt)
+    out_dir = Path(out) if out else Path(run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(int(cfg.seed), workers=True)
-    dm: XMRDataModule = instantiate(cfg.data, where="data")
-    dm.prepare_data()
-    dm.setup()
-    module = build_module(cfg, dm)
-    ckpt_path: Path | None = Path(ckpt) if ckpt else None
-    if ckpt_path is None and scorer_kind(cfg.model).fits:
-        ckpt_path = run_dir / "checkpoints" / "best.ckpt"
-    if ckpt_path is not None:
-        if not ckpt_path.exists():
-            raise FileNotFoundError(f"{ckpt_path}: checkpoint not found")
-        load_weights(module, ckpt_path)
     results = test_record(
-        cfg,
-        module,
-        dm,
+        run.cfg,
+        run.module,
+        run.dm,
         out_dir,
-        method=run_method(cfg),
+        method=run_method(run.cfg),
         val_metrics={},
-        checkpoint=ckpt_path,
+        checkpoint=run.checkpoint,
         epochs_run=-1,
     )
     return write_record(out_dir / EVAL_RESULTS_FILE, results)

@@ -21,15 +21,17 @@ model itself score t2i lists (caption query, image candidates).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xmr.data.datamodule import XMRDataModule
-from xmr.data.store import DIRECTIONS, FeatureStore
+from xmr.data.store import DIRECTIONS, FeatureStore, write_store
 from xmr.losses.pairwise import (
     cmpc_loss,
     cmpm_label_distribution,
@@ -178,6 +180,61 @@ class PairEmbeddingModel(nn.Module, ScorerKind):
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """t2i scores from pair features ``x (B, L, D_text + D_image)``."""
         return self.forward_split(x[:, 0, : self.text_dim], x[..., self.text_dim :], mask)
+
+    @torch.no_grad()
+    def embed_store(
+        self,
+        store: FeatureStore,
+        out: str | Path,
+        *,
+        source: Mapping[str, Any],
+        overwrite: bool = False,
+        chunk: int = 4096,
+    ) -> Path:
+        """Write a joint-space store at ``out`` holding this model's embeddings of every image and
+        caption of ``store`` (same ids, captions and splits), so that its cosine is this model's
+        score: a first stage that mining (``first_stage`` / ``pool``), the full-gallery protocol
+        and a re-ranker use like any store. ``source`` (e.g. the run directory and checkpoint)
+        goes into the manifest's ``encoder`` with the base store's encoder."""
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters(), torch.zeros(())).device
+
+        def embed(rows: np.ndarray, fn: Any) -> np.ndarray:
+            parts = [
+                fn(torch.from_numpy(np.asarray(rows[i : i + chunk], dtype=np.float32)).to(device))
+                .float()
+                .cpu()
+                .numpy()
+                for i in range(0, len(rows), chunk)
+            ]
+            return np.concatenate(parts, axis=0)  # (N, E)
+
+        try:
+            image_emb = embed(store.image_emb, self.embed_image)
+            text_emb = embed(store.text_emb, self.embed_text)
+        finally:
+            self.train(was_training)
+        encoder = {
+            "kind": "xmr-embed",
+            "model": type(self).__name__,
+            **{k: str(v) for k, v in source.items()},
+            "base": store.manifest.get("encoder", {}),
+            "base_store": str(store.root),
+        }
+        return write_store(
+            out,
+            image_emb=image_emb,
+            text_emb=text_emb,
+            text_image=store.text_image,
+            image_split=store.image_split,
+            images=store.images(),
+            captions=store.captions(),
+            encoder=encoder,
+            joint_space=True,
+            dtype="float32",
+            overwrite=overwrite,
+        )
 
     def view(self, direction: str) -> DirectionScorer:
         """The scorer of one direction, sharing this model's weights."""

@@ -5,12 +5,14 @@
   ``eval_results.json``, ``failed.json``): atomic, secrets scrubbed
   (:func:`xmr.utils.secrets.scrub_secrets`) inside it, so no caller scrubs;
 - :func:`write_failure` — ``failed.json`` of a run that raised;
-- :func:`test_record` — test a module and assemble its results record.
+- :func:`test_record` — test a module and assemble its results record;
+- :func:`restore_run` — a finished run rebuilt from its ``config.yaml`` and checkpoint.
 """
 
 from __future__ import annotations
 
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from xmr.data.datamodule import XMRDataModule
 from xmr.metrics.full_gallery import run_protocol
+from xmr.models.build import build_module, load_weights
 from xmr.models.module import RankingModule, run_test_loop
+from xmr.models.scorer import scorer_kind
 from xmr.runs.results import results_record, write_predictions
+from xmr.utils.config import validate_config
+from xmr.utils.instantiate import instantiate
 from xmr.utils.io import atomic_write_json, atomic_write_text
 from xmr.utils.secrets import scrub_secrets
 
@@ -112,3 +118,43 @@ def test_record(
     if full_info is not None:
         results["full_gallery"] = full_info
     return results
+
+
+@dataclass
+class RestoredRun:
+    """A run rebuilt by :func:`restore_run`: its config, data module (set up), module (weights
+    loaded) and the checkpoint they came from (None for a model without parameters)."""
+
+    cfg: DictConfig
+    dm: XMRDataModule
+    module: RankingModule
+    checkpoint: Path | None
+
+
+def restore_run(
+    run_dir: str | Path, overrides: list[str] | None = None, ckpt: str | Path | None = None
+) -> RestoredRun:
+    """Rebuild the run of ``run_dir`` from its ``config.yaml`` (with dotted ``overrides`` on top),
+    validated like a new run, and load ``ckpt`` (default: the run's ``checkpoints/best.ckpt``
+    when its model has parameters)."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / CONFIG_FILE
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{cfg_path}: no saved config — is {run_dir} an xmr run directory?")
+    cfg: DictConfig = OmegaConf.load(cfg_path)  # type: ignore[assignment]
+    if overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))  # type: ignore[assignment]
+    validate_config(cfg)
+    L.seed_everything(int(cfg.seed), workers=True)
+    dm: XMRDataModule = instantiate(cfg.data, where="data")
+    dm.prepare_data()
+    dm.setup()
+    module = build_module(cfg, dm)
+    ckpt_path: Path | None = Path(ckpt) if ckpt else None
+    if ckpt_path is None and scorer_kind(cfg.model).fits:
+        ckpt_path = run_dir / "checkpoints" / "best.ckpt"
+    if ckpt_path is not None:
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"{ckpt_path}: checkpoint not found")
+        load_weights(module, ckpt_path)
+    return RestoredRun(cfg, dm, module, ckpt_path)
