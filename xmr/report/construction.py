@@ -78,13 +78,13 @@ def _store_text(runs: list[dict[str, Any]]) -> str:
 
 
 def _listnet_target(rows: dict[str, dict[str, Any]], runs_of: Any) -> str:
-    """``ListNet target: X`` over the ListNet rows (``loss.target``), or ``""`` without any."""
+    """``ListNet target: X`` over the ListNet rows (``loss.target`` of their runs), or ``""``
+    without any."""
     targets = []
     for row in rows.values():
         for run in runs_of(row):
-            loss = _config(run).get("loss") or {}
-            if str(loss.get("_target_", "")).endswith("ListNetLoss") or row["method"] == "listnet":
-                targets.append(loss.get("target"))
+            if str(row["method"]).startswith("listnet"):  # a ranker is named by its loss
+                targets.append((_config(run).get("loss") or {}).get("target"))
     return f"ListNet target: {_values(targets)}." if targets else ""
 
 
