@@ -23,6 +23,7 @@ import html
 import io
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ h1 { font-size: 1.5em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ccc; 
 table { border-collapse: collapse; margin: .6em 0; font-size: .92em; }
 th, td { border: 1px solid #bbb; padding: .25em .6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
+td:not(:first-child) { white-space: nowrap; }
 caption { caption-side: top; text-align: left; font-size: .9em; color: #444; padding: .3em 0; }
 .plot { max-width: 100%; border: 1px solid #ddd; margin: .5em 0; }
 .query { border: 1px solid #ccc; border-radius: 4px; padding: .6em; margin: .8em 0; }
@@ -170,8 +172,13 @@ def _fmt(ms: tuple[float, float] | None) -> str:
     return f"{ms[0]:.2f} ± {ms[1]:.2f}" if ms else "—"
 
 
+def _text(line: str) -> str:
+    """A report line as HTML: escaped, `quoted` paths as code."""
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", _e(line))
+
+
 def warnings_html(lines: list[str]) -> str:
-    return "".join(f'<div class="warning">{_e(line)}</div>' for line in lines)
+    return "".join(f'<div class="warning">{_text(line)}</div>' for line in lines)
 
 
 def full_gallery_html(report: Report) -> str:
@@ -212,8 +219,8 @@ def table_html(report: Report) -> str:
 
 def probe_html(report: Report) -> str:
     lines = report.probe_lines or ["No lists directory named by the runs' configs: no probe."]
-    items = "".join(f"<li>{_e(line.lstrip('- '))}</li>" for line in lines if line.startswith("- "))
-    heads = "".join(f"<p>{_e(line)}</p>" for line in lines if not line.startswith("- "))
+    items = "".join(f"<li>{_text(line[2:])}</li>" for line in lines if line.startswith("- "))
+    heads = "".join(f"<p>{_text(line)}</p>" for line in lines if not line.startswith("- "))
     return (
         f'<div class="probe" id="probe">{heads}{f"<ul>{items}</ul>" if items else ""}</div>'
         + warnings_html(report.probe_warnings)
@@ -244,7 +251,7 @@ def significance_html(report: Report) -> str:
         "<th>p</th><th>p (Holm)</th></tr>"
         + "".join(rows)
         + "</table>"
-        + (f"<p>{_e(note)}</p>" if (note := full_test_note(report.significance)) else "")
+        + (f"<p>{_text(note)}</p>" if (note := full_test_note(report.significance)) else "")
         + f"<p>In-list gains vs the full gallery. {_e(GAIN_RULE)}</p>"
         + (warnings_html(report.gain_warnings) or "<p>No method is flagged.</p>")
     )
