@@ -373,8 +373,9 @@ def significance_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 #: Said when no run (the baseline included) wrote the full gallery's per-query outcomes.
 NO_FULL_TEST = (
-    "Full gallery: not tested — the runs hold no per-query full-gallery outcomes "
-    "(predictions_full_{t2i,i2t}.npz; `xmr eval run_dir=...` writes them)."
+    "Full gallery: not tested — no run names per-query full-gallery outcomes "
+    "(predictions_full_{t2i,i2t}.npz under results.json `predictions`, written when a run is "
+    "tested with protocol=full_gallery)."
 )
 
 
