@@ -17,7 +17,8 @@
 # Loads a report directory (a sweep's output tree: `results.json`, `predictions_*.npz` and
 # `metrics.jsonl` of every job) and shows
 #
-# 1. Table 2 (mean ± std over seeds) and the significance test against CLIP cosine,
+# 1. the full-gallery table, Table 2 (list protocol, mean ± std over seeds) with the leakage
+#    probe of its lists, and the significance test against CLIP cosine on both protocols,
 # 2. Recall@K curves (K = 1..50) per method and direction,
 # 3. a per-query error analysis: the test queries where the best ranker **fixes** CLIP
 #    cosine's top-1 (cosine wrong, ranker right) or **breaks** it (cosine right, ranker wrong),
@@ -42,7 +43,7 @@ import numpy as np
 from xmr.data.store import DIRECTION_TITLES, TABLE_ORDER, FeatureStore
 from xmr.report.cli import build_report
 from xmr.report.collect import run_predictions
-from xmr.report.render import significance_markdown, to_markdown
+from xmr.report.render import full_gallery_markdown, significance_markdown, to_markdown
 from xmr.report.significance import align_predictions
 from xmr.report.table import BASELINE
 
@@ -55,11 +56,14 @@ if report.synthetic:
     print("SYNTHETIC data: these runs used a generated store, not real images and captions.")
 
 # %% [markdown]
-# ## Table 2 and significance
+# ## Full-gallery protocol, Table 2 and significance
 
 # %%
-print(to_markdown(report.rows, report.ks, report.recall))
+print(full_gallery_markdown(report.rows, report.ks, report.full_construction))
+print(to_markdown(report.rows, report.ks, report.recall, report.list_construction))
+print("\n".join(report.probe_lines + report.probe_warnings))
 print(significance_markdown(report.significance, n_resamples=report.n_resamples, seed=report.seed))
+print("\n".join(report.gain_warnings))
 for job in report.unfinished:
     print(f"{job['status']}: {job['_dir']}")
 

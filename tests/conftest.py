@@ -1,7 +1,8 @@
 """Shared pytest fixtures: small feature stores, the tiny sweep and the real shared data directory.
 
-Plain helpers live beside this file: ``_compose.py`` (composing ``conf/train.yaml``) and
-``_sweep.py`` (the tiny sweep); no test module imports another test module.
+Plain helpers live beside this file: ``_compose.py`` (composing ``conf/train.yaml``),
+``_sweep.py`` (the tiny sweep) and ``_probe_sweep.py`` (hand-made runs of both protocols on
+lists with a leakage probe); no test module imports another test module.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _probe_sweep import probe_sweep_root
 from _sweep import tiny_sweep_root
 
 from xmr.data.store import write_store
@@ -96,3 +98,10 @@ def _write_small_store(root: Path, *, joint_space: bool) -> Path:
 def tiny_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny sweep of ``_sweep.py``, trained once per session (shared; read-only)."""
     return tiny_sweep_root(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def probe_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The hand-made runs of ``_probe_sweep.py`` (both protocols, a leaking probe; no
+    training): the directory holding the runs (shared; read-only)."""
+    return probe_sweep_root(tmp_path_factory.mktemp("probe_sweep"))

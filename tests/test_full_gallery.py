@@ -13,6 +13,8 @@ from xmr.data.store import FeatureStore, write_store
 from xmr.metrics.full_gallery import (
     FullGalleryError,
     evaluate_full_gallery,
+    hits_at_k,
+    rerank_outcomes,
     rerank_recall,
     run_protocol,
 )
@@ -29,7 +31,7 @@ def _cosine_nets(dim: int) -> dict[str, CosineScorer]:
 
 def test_k_equal_to_gallery_reproduces_zeroshot_full_gallery_recall(tiny_store) -> None:
     store = FeatureStore.open(tiny_store)
-    metrics, info = evaluate_full_gallery(
+    metrics, info, outcomes = evaluate_full_gallery(
         _cosine_nets(store.text_dim), store, top_k=10**6, first_stage="cosine"
     )
     expected = store_split_recall(store, "test")
@@ -40,11 +42,18 @@ def test_k_equal_to_gallery_reproduces_zeroshot_full_gallery_recall(tiny_store) 
         assert metrics[f"test_full/{d}/coverage"] == 1.0
     assert info["first_stage"] == "cosine"
     assert info["gallery"] == {"t2i": 20, "i2t": 100} and info["queries"] == {"t2i": 100, "i2t": 20}
+    # The per-query outcomes give the same Recall@K, one row per query of the split.
+    for d in ("t2i", "i2t"):
+        out = outcomes[d]
+        assert len(out["query"]) == len(out["rank"]) == info["queries"][d]
+        assert np.array_equal(out["rank"], out["first_stage_rank"])  # cosine re-ranks cosine
+        for k in (1, 5, 10):
+            assert hits_at_k(out["rank"], k).mean() == metrics[f"test_full/{d}/recall@{k}"]
 
 
 def test_k_one_equals_cosine_recall_at_one(tiny_store) -> None:
     store = FeatureStore.open(tiny_store)
-    metrics, _ = evaluate_full_gallery(
+    metrics, _, _ = evaluate_full_gallery(
         _cosine_nets(store.text_dim), store, top_k=1, first_stage="cosine"
     )
     expected = store_split_recall(store, "test")
@@ -81,6 +90,17 @@ def test_positive_outside_top_k_is_a_miss_even_for_a_perfect_reranker() -> None:
     }
     out = rerank_recall(first, oracle, q, gallery, lambda sl: relevant[sl], top_k=3, ks=(1, 5))
     assert out["recall@1"] == 1.0 and out["coverage"] == 1.0
+
+
+def test_per_query_outcomes_are_first_relevant_ranks() -> None:
+    gallery, first, relevant, oracle = _hand_problem()
+    q = torch.zeros(1, 5)
+    # K = 2: the positive (first stage rank 3) is outside the top K: rank 0, a miss at every k.
+    out = rerank_outcomes(first, oracle, q, gallery, lambda sl: relevant[sl], top_k=2, ks=(1, 5))
+    assert out["rank"].tolist() == [0] and out["first_stage_rank"].tolist() == [3]
+    out = rerank_outcomes(first, oracle, q, gallery, lambda sl: relevant[sl], top_k=3, ks=(1,))
+    assert out["rank"].tolist() == [1] and out["first_stage_rank"].tolist() == [3]
+    assert hits_at_k(np.array([0, 1, 3, 6]), 5).tolist() == [0.0, 1.0, 1.0, 0.0]
 
 
 def test_reranker_order_decides_within_the_top_k() -> None:
@@ -132,7 +152,7 @@ def test_pair_model_first_stage_is_its_own_space(tmp_path) -> None:
     torch.manual_seed(0)
     model = VSEPPModel(query_dim=4, cand_dim=6, out_dim=5)
     nets = {d: model.view(d) for d in ("t2i", "i2t")}
-    metrics, info = evaluate_full_gallery(nets, store, top_k=10**6)
+    metrics, info, _ = evaluate_full_gallery(nets, store, top_k=10**6)
     assert info["first_stage"] == "self"
     img_ids, txt_ids = store.split_image_ids("test"), store.split_text_ids("test")
     with torch.no_grad():
@@ -149,7 +169,8 @@ def test_pair_model_first_stage_is_its_own_space(tmp_path) -> None:
             assert metrics[f"test_full/{d}/recall@{k}"] == pytest.approx(expected[d][f"recall@{k}"])
     # A ranker has no first stage on this store: skipped with a reason; cosine is refused.
     rankers = {"t2i": ContextAwareRanker(4, 6), "i2t": ContextAwareRanker(6, 4)}
-    metrics, info = evaluate_full_gallery(rankers, store)
+    metrics, info, outcomes = evaluate_full_gallery(rankers, store)
+    assert outcomes == {}
     assert metrics == {} and "does not score pairs alone" in info["skipped"]
     with pytest.raises(FullGalleryError, match="first_stage=cosine.*joint_space: false"):
         evaluate_full_gallery(nets, store, first_stage="cosine")
@@ -163,10 +184,10 @@ def test_protocol_config_group(tiny_store) -> None:
     lists_only = OmegaConf.create(
         {"ks": [1, 5], "protocol": {"name": "lists", "full_gallery": None}}
     )
-    assert run_protocol(lists_only, nets, store) == ({}, None)
+    assert run_protocol(lists_only, nets, store) == ({}, None, {})
     conf = Path(__file__).resolve().parents[1] / "conf" / "protocol" / "full_gallery.yaml"
     cfg = OmegaConf.create({"ks": [1, 5], "protocol": OmegaConf.load(conf)})
-    metrics, info = run_protocol(cfg, nets, store)
+    metrics, info, _ = run_protocol(cfg, nets, store)
     assert info["top_k"] == 50 and "test_full/t2i/recall@5" in metrics
     assert "test_full/t2i/recall@10" not in metrics  # ks come from the run's config
     assert metrics["test_full/rsum"] == pytest.approx(

@@ -13,8 +13,8 @@ from _sweep import tiny_sweep_root
 from PIL import Image
 
 from xmr.data.store import FeatureStore, write_store
-from xmr.report.cli import main
-from xmr.report.html import StoreView
+from xmr.report.cli import build_report, main
+from xmr.report.html import StoreView, render_html
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CHROMIUM = shutil.which("chromium") or (
@@ -61,6 +61,7 @@ def test_page_is_self_contained_with_table_plots_and_gallery(html_report: Path) 
     assert srcs and all(s.startswith("data:image/") for s in srcs)  # nothing external
     assert "href=" not in page and "<link" not in page
     assert 'id="table2"' in page and 'id="significance"' in page and 'id="unfinished"' in page
+    assert page.index('id="full_gallery"') < page.index('id="table2"')  # full gallery first
     assert 'id="synthetic"' in page and "SYNTHETIC DATA" in page
     assert page.count("data:image/png") == 2  # the two plots
     gallery = page.split('id="gallery"', 1)[1]
@@ -145,3 +146,19 @@ def test_thumbnails_from_the_shared_real_photos(tmp_path: Path) -> None:
         )
     assert "<img" in view.image_html(3) and names[3] in view.image_html(3)
     assert StoreView(str(tmp_path / "store"), None).thumbnail(3) is None
+
+
+def test_page_leads_with_the_full_gallery_and_shows_probe_and_warnings(probe_sweep: Path) -> None:
+    report = build_report(probe_sweep, n_resamples=500)
+    page = render_html(report, gallery=0)
+    full, table2 = page.index('id="full_gallery"'), page.index('id="table2"')
+    probe, sig = page.index('id="probe"'), page.index('id="significance"')
+    assert full < table2 < probe < sig
+    assert "first stage cosine, K = 50 re-ranked" in page[full:table2]
+    assert "strategy hard, pool 200, L = 11 candidates per list" in page[table2:probe]
+    assert "LEAK (p = 1e-09)" in page[probe:sig]
+    warnings = re.findall(r'<div class="warning">(.*?)</div>', page)
+    assert len(warnings) == 3  # the probe's t2i leak, listnet's two unmatched in-list gains
+    assert "leakage probe flags the t2i test lists" in warnings[0]
+    assert all("listnet" in w for w in warnings[1:])
+    assert "<th>p (Holm)</th>" in page and "full gallery" in page[sig:]

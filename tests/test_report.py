@@ -20,12 +20,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from _probe_sweep import PROBE
 from _sweep import LOSSES
 
 from xmr.metrics.ranking import ranked_recall_at_k, ranked_recall_curve
 from xmr.report.cli import build_report, main
 from xmr.report.collect import assign_rows
-from xmr.report.significance import paired_bootstrap, significance
+from xmr.report.construction import lists_dir_of, read_probe
+from xmr.report.significance import (
+    ALPHA,
+    adjust_holm,
+    family,
+    holm,
+    paired_bootstrap,
+    significance,
+)
 from xmr.report.table import BASELINE, table
 from xmr.runs.naming import method_of_config
 
@@ -81,7 +90,8 @@ def test_markdown_table_caption_and_cells(tiny_sweep: Path, written: Path) -> No
     md = (written / "table.md").read_text()
     assert "SYNTHETIC" in md and "hit@K" in md and "paired bootstrap" in md
     expected = _independent_stats(tiny_sweep, "recall")
-    line = next(ln for ln in md.splitlines() if ln.startswith("| ranknet |"))
+    lists = md[md.index("## List protocol (Table 2)") : md.index("## Significance")]
+    line = next(ln for ln in lists.splitlines() if ln.startswith("| ranknet |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[1] == "2 of 3"
     mean, std = expected["ranknet"]["t2i_R@5"]
@@ -100,11 +110,17 @@ def test_failed_and_missing_jobs_are_listed(tiny_sweep: Path, written: Path) -> 
 @pytest.mark.slow  # trains the tiny sweep once per session (shared)
 def test_latex_is_well_formed(tiny_sweep: Path, written: Path) -> None:
     tex = (written / "table.tex").read_text()
-    assert tex.count(r"\begin{") == tex.count(r"\end{") == 2
+    assert tex.count(r"\begin{") == tex.count(r"\end{") == 4  # full gallery, then Table 2
     assert tex.count("{") - tex.count(r"\{") == tex.count("}") - tex.count(r"\}")
-    caption = re.search(r"\\caption\{(.*)\}\n", tex).group(1)
-    assert "SYNTHETIC" in caption and "hit@K" in caption
-    body = tex.split(r"\midrule", 1)[1].split(r"\bottomrule", 1)[0].strip().splitlines()
+    assert tex.index("tab:xmr-full-gallery") < tex.index("tab:xmr-table2")
+    full, lists = tex.split(r"\end{table}")[:2]
+    assert "Full-gallery protocol" in re.search(r"\\caption\{(.*)\}\n", full).group(1)
+    full_body = full.split(r"\midrule", 1)[1].split(r"\bottomrule", 1)[0].strip().splitlines()
+    assert len(full_body) == 4  # 3 rows and the first stage alone
+    assert all(ln.count("&") == 4 + 6 - 1 for ln in full_body)  # method, runs, stage, K, 6
+    caption = re.search(r"\\caption\{(.*)\}\n", lists).group(1)
+    assert "SYNTHETIC" in caption and "hit@K" in caption and "strategy hard" in caption
+    body = lists.split(r"\midrule", 1)[1].split(r"\bottomrule", 1)[0].strip().splitlines()
     assert len(body) == 3
     for line in body:
         assert line.endswith(r"\\") and line.count("&") == 2 + 6 - 1  # method, runs, 6 values
@@ -154,6 +170,29 @@ def test_significance_csv_has_per_seed_and_pooled(written: Path) -> None:
             seeds = {r["seed"] for r in recs if r["row"] == method and r["direction"] == d}
             assert seeds == {"0", "1", "pooled"}
     assert all(0.0 <= float(r["p"]) <= 1.0 for r in recs)
+
+
+@pytest.mark.slow  # trains the tiny sweep once per session (shared)
+def test_runs_write_full_gallery_outcomes_and_the_report_tests_them(
+    tiny_sweep: Path, written: Path
+) -> None:
+    for path in sorted((tiny_sweep / "runs").glob("*/results.json")):
+        res = json.loads(path.read_text())
+        for d in ("t2i", "i2t"):
+            assert res["predictions"][f"full_{d}"] == f"predictions_full_{d}.npz"
+            with np.load(path.parent / f"predictions_full_{d}.npz") as z:
+                rank, query = z["rank"], z["query"]
+            assert len(query) == res["full_gallery"]["queries"][d]
+            for k in (1, 5, 10):
+                hits = ((rank > 0) & (rank <= k)).mean()
+                assert hits == pytest.approx(res[f"test_full/{d}/recall@{k}"])
+    with open(written / "significance.csv", newline="") as fh:
+        recs = list(csv.DictReader(fh))
+    full = [r for r in recs if r["protocol"] == "full_gallery" and r["seed"] == "pooled"]
+    assert {(r["row"], r["direction"]) for r in full} == {
+        (m, d) for m in LOSSES for d in ("i2t", "t2i")
+    }
+    assert all(r["p_holm"] != "" and float(r["p_holm"]) >= float(r["p"]) for r in full)
 
 
 # ------------------------------------------------------------ significance on constructed data
@@ -334,3 +373,131 @@ def test_notebook_runs_headless_on_the_sweep(tiny_sweep: Path, tmp_path: Path) -
         hits = q * (ranker[f"test/{d}/recall@1"] - cosine[f"test/{d}/recall@1"])
         assert fixes - breaks == round(hits)
     assert (tmp_path / "notebook_recall_at_k.png").stat().st_size > 5000
+
+
+# ------------------------------------------- both protocols, probe, Holm (hand-made runs)
+
+
+def test_holm_matches_hand_computed_values() -> None:
+    # sorted: 0.005·4 = 0.02, 0.01·3 = 0.03, 0.03·2 = 0.06, 0.04·1 = 0.04 → max(0.06, 0.04)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    adjusted = holm([0.02, float("nan"), 0.5])  # NaN is not counted in m and stays NaN
+    assert adjusted[0] == pytest.approx(0.04) and np.isnan(adjusted[1])
+    assert adjusted[2] == pytest.approx(0.5)
+    assert holm([0.6, 0.7]).tolist() == [1.0, 1.0]  # capped at 1
+    assert holm([]).size == 0
+
+
+def test_holm_covers_every_shown_test_of_both_protocols(probe_sweep: Path) -> None:
+    report = build_report(probe_sweep, n_resamples=2000)
+    shown = family(report.significance)
+    # 2 methods x 2 directions x 2 protocols; listnet's family members are its pooled records
+    assert len(shown) == 8 and {r["protocol"] for r in shown} == {"full_gallery", "lists"}
+    assert all(r["seed"] == "pooled" for r in shown if r["row"] == "listnet")
+    expected = holm([r["p"] for r in shown])
+    assert [r["p_holm"] for r in shown] == pytest.approx(expected.tolist())
+    per_seed = [r for r in report.significance if r["row"] == "listnet" and r["seed"] != "pooled"]
+    assert per_seed and all(np.isnan(r["p_holm"]) for r in per_seed)
+    # the full-gallery test pairs per-query hit@1 of predictions_full_*.npz
+    full = {(r["row"], r["direction"]): r for r in shown if r["protocol"] == "full_gallery"}
+    assert full[("listnet", "t2i")]["delta"] == 0.0  # the same ranks as cosine
+    assert full[("ranknet", "i2t")]["delta"] > 0 and full[("ranknet", "i2t")]["p_holm"] < ALPHA
+    assert adjust_holm([]) == []
+
+
+def test_report_leads_with_the_full_gallery_and_captions_the_construction(
+    probe_sweep: Path, tmp_path: Path
+) -> None:
+    main([str(probe_sweep), "--out", str(tmp_path), "--resamples", "2000", "--no-plots"])
+    md = (tmp_path / "table.md").read_text()
+    full, lists, sig = (
+        md.index("## Full-gallery protocol"),
+        md.index("## List protocol (Table 2)"),
+        md.index("## Significance vs CLIP cosine"),
+    )
+    assert full < lists < sig
+    full_part, list_part = md[full:lists], md[lists:sig]
+    for text in (
+        "first stage cosine",
+        "K = 50 re-ranked",
+        "gallery 500 (i2t), 100 (t2i) items",
+        "queries 200",
+        "store flickr-fake (/data/flickr-fake), encoder ViT-B-32",
+        "Real (not synthetic) store.",
+        "ListNet target: normalized.",
+    ):
+        assert text in full_part.split("\n\n")[1], text
+    caption = list_part.split("\n\n")[1]
+    for text in (
+        "Lists (test split): strategy hard, pool 200, L = 11 candidates per list",
+        "positives per list 1 (t2i) and 2 (i2t)",
+        "store flickr-fake (/data/flickr-fake), encoder ViT-B-32",
+        "queries 200",
+        "Real (not synthetic) store.",
+        "ListNet target: normalized.",
+    ):
+        assert text in caption, text
+    # the list-protocol numbers come after the full-gallery ones for the same row
+    assert md.index("| ranknet | 1 | cosine | 50 |") < md.index("| ranknet | 1 |", lists)
+
+
+def test_probe_lines_and_leak_warning(probe_sweep: Path, tmp_path: Path, capsys) -> None:
+    runs = [json.loads(p.read_text()) for p in sorted(probe_sweep.glob("*/results.json"))]
+    lists_dir = lists_dir_of(runs[0])
+    assert read_probe(lists_dir) == PROBE
+    main([str(probe_sweep), "--out", str(tmp_path), "--resamples", "500", "--no-plots"])
+    err = capsys.readouterr().err
+    md = (tmp_path / "table.md").read_text()
+    probe_part = md[md.index("## List protocol") : md.index("## Significance")]
+    assert f"Leakage probe of `{lists_dir}` (rule: {PROBE['rule']}):" in probe_part
+    assert (
+        "- t2i (test, 200 lists, mean size 11): anti-cosine in-list R@1 80.00% vs chance 9.09%; "
+        "positive's first-stage rank median 40 (p10 20, p90 50); LEAK (p = 1e-09)."
+    ) in probe_part
+    assert "- i2t (test, 200 lists, mean size 11): anti-cosine in-list R@1 10.00% vs" in probe_part
+    assert "no leak (p = 0.4)" in probe_part
+    warnings = [ln for ln in probe_part.splitlines() if ln.startswith("WARNING:")]
+    assert len(warnings) == 1 and "t2i test lists" in warnings[0] and "i2t" not in warnings[0]
+    assert warnings[0] in err  # and on the console
+    tex = (tmp_path / "table.tex").read_text()
+    assert "WARNING: the leakage probe flags the t2i test lists" in tex
+    # Lists without a probe say so; unreadable lists too.
+    assert read_probe(tmp_path) is None
+
+
+def test_in_list_gain_not_matched_in_full_gallery_is_flagged(
+    probe_sweep: Path, tmp_path: Path, capsys
+) -> None:
+    report = build_report(probe_sweep, n_resamples=2000)
+    # listnet gains in the lists in both directions, its full-gallery ranks equal cosine's
+    assert len(report.gain_warnings) == 2
+    assert all(w.startswith("WARNING: listnet ") for w in report.gain_warnings)
+    assert "full-gallery Δ R@1 +0.00 pp" in report.gain_warnings[0]
+    assert not any("ranknet" in w for w in report.gain_warnings)  # matched in the full gallery
+    main([str(probe_sweep), "--out", str(tmp_path), "--resamples", "2000", "--no-plots"])
+    md = (tmp_path / "table.md").read_text()
+    sig = md[md.index("## Significance") :]
+    assert "Holm-adjusted p < 0.05" in sig  # the rule is stated
+    assert sum(ln.startswith("WARNING: listnet ") for ln in sig.splitlines()) == 2
+    assert "| full gallery | listnet | t2i | 2 |" in sig
+    assert sig.index("| full gallery |") < sig.index("| lists |")
+    err = capsys.readouterr().err
+    assert all(w in err for w in report.gain_warnings)
+
+
+def test_csv_holds_both_protocols(probe_sweep: Path, tmp_path: Path) -> None:
+    main([str(probe_sweep), "--out", str(tmp_path), "--resamples", "200", "--no-plots"])
+    with open(tmp_path / "table.csv", newline="") as fh:
+        rows = {r["row"]: r for r in csv.DictReader(fh)}
+    res = json.loads((probe_sweep / "ranknet_s0" / "results.json").read_text())
+    ranknet = rows["ranknet"]
+    assert float(ranknet["t2i_R@1_mean"]) == pytest.approx(100 * res["test/t2i/recall@1"])
+    assert float(ranknet["full_t2i_R@1_mean"]) == pytest.approx(100 * res["test_full/t2i/recall@1"])
+    assert float(ranknet["full_first_i2t_R@5_mean"]) == pytest.approx(
+        100 * res["test_full/i2t/first_stage_recall@5"]
+    )
+    assert ranknet["full_first_stage"] == "cosine" and ranknet["full_top_k"] == "50"
+    with open(tmp_path / "significance.csv", newline="") as fh:
+        recs = list(csv.DictReader(fh))
+    assert {r["protocol"] for r in recs} == {"full_gallery", "lists"}
+    assert all(r["p_holm"] == "" for r in recs if r["row"] == "listnet" and r["seed"] != "pooled")

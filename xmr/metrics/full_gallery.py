@@ -30,6 +30,13 @@ Keys written into ``results.json`` (next to the list protocol's ``test/...``)::
     test_full/{t2i,i2t}/coverage              fraction of queries with a positive in the top K
     test_full/rsum                            :func:`xmr.metrics.ranking.rsum` of the above
     full_gallery: {"top_k", "first_stage", "split", "gallery": {dir: size}, "queries": {dir: n}}
+
+Per-query outcomes (:func:`rerank_outcomes`, written by :func:`xmr.runs.results.write_full_predictions`
+as ``predictions_full_{dir}.npz``): for each query its id, the 1-based rank of its first relevant
+item in the re-ranked top K (``rank``, 0 when none is in the top K) and in the first stage's
+order (``first_stage_rank``, 0 when none is in the first ``max(K, max k)`` positions). Query q
+is a hit at k iff ``0 < rank[q] <= k`` (:func:`hits_at_k`), so the Recall@k above is the mean of
+``hits_at_k(rank, k)``.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xmr.data.store import FeatureStore
-from xmr.metrics.ranking import pessimistic_order, pessimistic_topk, ranked_recall_at_k, rsum
+from xmr.metrics.ranking import pessimistic_order, pessimistic_topk, rsum
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +100,76 @@ def _table(store: FeatureStore, name: str, ids: np.ndarray) -> Tensor:
     return torch.from_numpy(np.asarray(emb[ids], dtype=np.float32))
 
 
-def _count_hits(ranked_relevant: Tensor, k: int) -> int:
-    """Queries of ``ranked_relevant (C, L)`` with a relevant item in their first ``k``; a query
-    whose list holds no relevant item (NaN recall) is a miss."""
-    return int(ranked_recall_at_k(ranked_relevant, k).nan_to_num(0.0).sum())
+def first_relevant_rank(ranked_relevant: Tensor) -> Tensor:
+    """``(C,)`` int64: the 1-based rank of the first relevant item of each ranked list
+    ``(C, L)`` bool (best first), 0 when the list holds none."""
+    found = ranked_relevant.any(1)  # (C,)
+    first = ranked_relevant.to(torch.int8).argmax(1) + 1  # (C,) first True, 1-based
+    return torch.where(found, first, torch.zeros_like(first)).to(torch.int64)
+
+
+def hits_at_k(rank: np.ndarray | Tensor, k: int) -> np.ndarray:
+    """Per-query hit@k ``(Q,)`` float64 from first-relevant ranks ``(Q,)`` (0 = no relevant item
+    ranked): 1 when ``0 < rank <= k``, else 0."""
+    r = np.asarray(rank)
+    return ((r > 0) & (r <= int(k))).astype(np.float64)
+
+
+def rerank_outcomes(
+    first_scores: Callable[[Tensor], Tensor],
+    rerank: Callable[[Tensor, Tensor, Tensor], Tensor],
+    query_feats: Tensor,
+    gallery_feats: Tensor,
+    relevant: Callable[[slice], Tensor],
+    top_k: int,
+    ks: Sequence[int] = (1, 5, 10),
+    chunk: int = 256,
+) -> dict[str, np.ndarray]:
+    """The protocol's per-query outcomes on one direction (arguments as :func:`rerank_recall`).
+
+    Returns ``rank`` ``(Q,)`` int64, the 1-based rank of the first relevant item among the
+    re-ranked top K (0: none in the top K, a miss at every k), and ``first_stage_rank`` ``(Q,)``,
+    the same in the first stage's order over its first ``max(K, max(ks))`` positions.
+    """
+    n_q, n_g = query_feats.shape[0], gallery_feats.shape[0]
+    k_cut = max(1, min(int(top_k), n_g))
+    top = max(k_cut, *(int(k) for k in ks))  # the first stage's positions that are read
+    ranks, first_ranks = [], []
+    for s in range(0, n_q, chunk):
+        sl = slice(s, min(s + chunk, n_q))
+        q = query_feats[sl]  # (C, D_q)
+        rel = relevant(sl)  # (C, G)
+        full_mask = torch.ones_like(rel)
+        order = pessimistic_topk(first_scores(q), rel, full_mask, top)  # (C, top)
+        rel_sorted = torch.gather(rel, 1, order)  # (C, top)
+        first_ranks.append(first_relevant_rank(rel_sorted))
+        top_ids = order[:, :k_cut]  # (C, K)
+        top_rel = rel_sorted[:, :k_cut]  # (C, K)
+        mask = torch.ones_like(top_rel)
+        scores = rerank(q, gallery_feats[top_ids], mask)  # (C, K)
+        re_rel = torch.gather(top_rel, 1, pessimistic_order(scores, top_rel, mask))  # (C, K)
+        ranks.append(first_relevant_rank(re_rel))
+    empty = torch.zeros(0, dtype=torch.int64)
+    return {
+        "rank": torch.cat(ranks or [empty]).numpy(),
+        "first_stage_rank": torch.cat(first_ranks or [empty]).numpy(),
+    }
+
+
+def recall_from_outcomes(outcomes: Mapping[str, np.ndarray], ks: Sequence[int]) -> dict[str, float]:
+    """``recall@k``, ``first_stage_recall@k`` and ``coverage`` (fractions) of per-query outcomes
+    (:func:`rerank_outcomes`); NaN without queries."""
+    rank, first = outcomes["rank"], outcomes["first_stage_rank"]
+    n_q = len(rank)
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"recall@{k}"] = int(hits_at_k(rank, k).sum()) / n_q if n_q else float("nan")
+        out[f"first_stage_recall@{k}"] = (
+            int(hits_at_k(first, k).sum()) / n_q if n_q else float("nan")
+        )
+    # A query has a positive in the top K iff the re-ranked top K ranks one.
+    out["coverage"] = int((rank > 0).sum()) / n_q if n_q else float("nan")
+    return out
 
 
 def rerank_recall(
@@ -120,36 +193,11 @@ def rerank_recall(
 
     Returns ``recall@k``, ``first_stage_recall@k`` and ``coverage`` (fractions).
     """
-    n_q, n_g = query_feats.shape[0], gallery_feats.shape[0]
-    k_cut = max(1, min(int(top_k), n_g))
     ks = tuple(int(k) for k in ks)
-    top = max(k_cut, *ks)  # the first stage's positions that are read
-    hits = {k: 0 for k in ks}
-    first_hits = {k: 0 for k in ks}
-    covered = 0
-    for s in range(0, n_q, chunk):
-        sl = slice(s, min(s + chunk, n_q))
-        q = query_feats[sl]  # (C, D_q)
-        rel = relevant(sl)  # (C, G)
-        full_mask = torch.ones_like(rel)
-        order = pessimistic_topk(first_scores(q), rel, full_mask, top)  # (C, top)
-        rel_sorted = torch.gather(rel, 1, order)  # (C, top)
-        for k in ks:
-            first_hits[k] += _count_hits(rel_sorted, k)
-        top_ids = order[:, :k_cut]  # (C, K)
-        top_rel = rel_sorted[:, :k_cut]  # (C, K)
-        covered += int(top_rel.any(1).sum())
-        mask = torch.ones_like(top_rel)
-        scores = rerank(q, gallery_feats[top_ids], mask)  # (C, K)
-        re_rel = torch.gather(top_rel, 1, pessimistic_order(scores, top_rel, mask))  # (C, K)
-        for k in ks:
-            hits[k] += _count_hits(re_rel, k)
-    out: dict[str, float] = {}
-    for k in ks:
-        out[f"recall@{k}"] = hits[k] / n_q if n_q else float("nan")
-        out[f"first_stage_recall@{k}"] = first_hits[k] / n_q if n_q else float("nan")
-    out["coverage"] = covered / n_q if n_q else float("nan")
-    return out
+    outcomes = rerank_outcomes(
+        first_scores, rerank, query_feats, gallery_feats, relevant, top_k, ks, chunk
+    )
+    return recall_from_outcomes(outcomes, ks)
 
 
 def cosine_gallery_scores(gallery: Tensor) -> Callable[[Tensor], Tensor]:
@@ -174,17 +222,21 @@ def evaluate_full_gallery(
     split: str = "test",
     ks: Sequence[int] = (1, 5, 10),
     chunk: int = 256,
-) -> tuple[dict[str, float], dict[str, Any]]:
+) -> tuple[dict[str, float], dict[str, Any], dict[str, dict[str, np.ndarray]]]:
     """Run the protocol for every direction of ``nets`` (direction → scorer with
-    ``forward_split(q, c, mask)``). Returns ``(metrics, info)``: metrics keyed
+    ``forward_split(q, c, mask)``). Returns ``(metrics, info, outcomes)``: metrics keyed
     ``test_full/{dir}/...`` (see the module docstring), info for ``results.json``'s
-    ``full_gallery`` entry (``{"skipped": reason}`` when the protocol cannot run)."""
+    ``full_gallery`` entry (``{"skipped": reason}`` when the protocol cannot run) and, per
+    direction, the per-query outcomes ``{"query" (Q,) ids, "rank" (Q,), "first_stage_rank" (Q,)}``
+    (:func:`rerank_outcomes`; empty when skipped)."""
     if first_stage not in FIRST_STAGES:
         raise FullGalleryError(f"protocol.first_stage={first_stage!r}: one of {FIRST_STAGES}")
     if int(top_k) < 1:
         raise FullGalleryError(f"protocol.top_k={top_k}: must be >= 1")
+    ks = tuple(int(k) for k in ks)
     info: dict[str, Any] = {"top_k": int(top_k), "split": split, "gallery": {}, "queries": {}}
     metrics: dict[str, float] = {}
+    outcomes: dict[str, dict[str, np.ndarray]] = {}
     stages: set[str] = set()
     for direction, net in nets.items():
         was_training = net.training
@@ -216,7 +268,7 @@ def evaluate_full_gallery(
                 log.warning("full-gallery protocol skipped: %s", reason)
                 info = {"skipped": reason, "top_k": int(top_k), "split": split}
                 net.train(was_training)
-                return {}, info
+                return {}, info, {}
         stages.add(stage)
         qk = torch.from_numpy(parts["query_key"])  # (Q,)
         gk = torch.from_numpy(parts["gallery_key"])  # (G,)
@@ -228,7 +280,7 @@ def evaluate_full_gallery(
         ) -> Tensor:
             return net.forward_split(q.to(device), c.to(device), mask.to(device)).cpu()
 
-        values = rerank_recall(
+        per_query = rerank_outcomes(
             first,
             rerank,
             q_feats,
@@ -239,7 +291,8 @@ def evaluate_full_gallery(
             chunk,
         )
         net.train(was_training)
-        for name, v in values.items():
+        outcomes[direction] = {"query": parts["queries"], **per_query}
+        for name, v in recall_from_outcomes(per_query, ks).items():
             metrics[f"{PREFIX}/{direction}/{name}"] = v
         info["gallery"][direction] = int(g_feats.shape[0])
         info["queries"][direction] = int(q_feats.shape[0])
@@ -247,18 +300,19 @@ def evaluate_full_gallery(
     total = rsum(metrics, PREFIX, nets)
     if total is not None:
         metrics[f"{PREFIX}/rsum"] = float(total)
-    return metrics, info
+    return metrics, info, outcomes
 
 
 def run_protocol(
     cfg: Any, nets: Mapping[str, nn.Module], store: FeatureStore
-) -> tuple[dict[str, float], dict[str, Any] | None]:
-    """The ``protocol`` config group: the full-gallery evaluation when ``protocol.full_gallery``
-    is set, else nothing (``({}, None)``)."""
+) -> tuple[dict[str, float], dict[str, Any] | None, dict[str, dict[str, np.ndarray]]]:
+    """The ``protocol`` config group: the full-gallery evaluation (``(metrics, info, outcomes)``
+    of :func:`evaluate_full_gallery`) when ``protocol.full_gallery`` is set, else nothing
+    (``({}, None, {})``)."""
     proto = cfg.get("protocol") if hasattr(cfg, "get") else None
     fg = proto.get("full_gallery") if proto else None
     if not fg:
-        return {}, None
+        return {}, None, {}
     return evaluate_full_gallery(
         nets,
         store,

@@ -17,7 +17,7 @@ import numpy as np
 import yaml
 
 from xmr.runs.naming import method_of_config
-from xmr.runs.results import flatten_config, load_predictions
+from xmr.runs.results import flatten_config, load_full_predictions, load_predictions
 
 log = logging.getLogger(__name__)
 
@@ -152,16 +152,28 @@ def assign_rows(jobs: list[dict[str, Any]]) -> list[str]:
 _PRED_CACHE: dict[str, dict[str, np.ndarray]] = {}
 
 
-def run_predictions(run: dict[str, Any], direction: str) -> dict[str, np.ndarray] | None:
-    """The predictions arrays of ``run`` for ``direction`` (cached), or None if it has none."""
-    name = (run.get("predictions") or {}).get(direction)
+def _cached(run: dict[str, Any], key: str, load: Any) -> dict[str, np.ndarray] | None:
+    """The arrays of the file ``results.json`` names under ``predictions[key]`` (cached)."""
+    name = (run.get("predictions") or {}).get(key)
     if not name:
         return None
     path = Path(run["_path"]).parent / name
     if not path.is_file():
         log.warning("%s: predictions file named in results.json is missing", path)
         return None
-    key = f"{path}@{path.stat().st_mtime_ns}"  # a rerun's new file is read again
-    if key not in _PRED_CACHE:
-        _PRED_CACHE[key] = load_predictions(path)
-    return _PRED_CACHE[key]
+    cache_key = f"{path}@{path.stat().st_mtime_ns}"  # a rerun's new file is read again
+    if cache_key not in _PRED_CACHE:
+        _PRED_CACHE[cache_key] = load(path)
+    return _PRED_CACHE[cache_key]
+
+
+def run_predictions(run: dict[str, Any], direction: str) -> dict[str, np.ndarray] | None:
+    """The list protocol's predictions arrays of ``run`` for ``direction`` (cached), or None."""
+    return _cached(run, direction, load_predictions)
+
+
+def run_full_outcomes(run: dict[str, Any], direction: str) -> dict[str, np.ndarray] | None:
+    """The full-gallery protocol's per-query outcomes of ``run`` for ``direction``
+    (``predictions_full_{direction}.npz``: ``query``, ``rank``, ``first_stage_rank``; cached),
+    or None when the run wrote none."""
+    return _cached(run, f"full_{direction}", load_full_predictions)

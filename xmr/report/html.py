@@ -1,7 +1,10 @@
 """``report.html``: one self-contained page (no external files, images inlined as base64 data URIs).
 
-Sections: a SYNTHETIC banner when any run used generated data; Table 2; the significance test
-against CLIP cosine; failed / missing jobs; the PNG plots; a qualitative gallery. The gallery
+Sections: a SYNTHETIC banner when any run used generated data; the full-gallery protocol table
+(first: it cannot be gamed by how lists are built); the list-protocol table (Table 2) with the
+leakage probe of its lists, each captioned with its construction; the significance test against
+CLIP cosine in both protocols (raw and Holm-adjusted p) with the in-list gain warnings; failed /
+missing jobs; the PNG plots; a qualitative gallery. WARNING lines are shown in red boxes. The gallery
 samples test queries (seeded, uniformly) per direction and shows CLIP cosine's top-5 beside the
 top-5 of the best ranker row (highest mean R@1 in that direction; its lowest-seed run), read from
 the runs' predictions files and the store's ``images.txt`` / ``captions.txt`` (the store path is
@@ -20,6 +23,7 @@ import html
 import io
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +32,22 @@ import numpy as np
 from xmr.data.store import TABLE_ORDER, FeatureStore
 from xmr.report.collect import run_predictions
 from xmr.report.render import (
+    NO_FULL_GALLERY,
     direction_heading,
     error_summary,
-    format_p,
+    full_gallery_table,
+    full_test_note,
     runs_cell,
     significance_caption,
+    significance_table,
     table_caption,
 )
-from xmr.report.significance import align_predictions
+from xmr.report.significance import (
+    GAIN_RULE,
+    PROTOCOL_TITLES,
+    align_predictions,
+    format_p,
+)
 from xmr.report.table import BASELINE, Report, recall_definition
 from xmr.utils.io import atomic_write_text
 
@@ -49,6 +61,7 @@ h1 { font-size: 1.5em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ccc; 
 table { border-collapse: collapse; margin: .6em 0; font-size: .92em; }
 th, td { border: 1px solid #bbb; padding: .25em .6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
+td:not(:first-child) { white-space: nowrap; }
 caption { caption-side: top; text-align: left; font-size: .9em; color: #444; padding: .3em 0; }
 .plot { max-width: 100%; border: 1px solid #ddd; margin: .5em 0; }
 .query { border: 1px solid #ccc; border-radius: 4px; padding: .6em; margin: .8em 0; }
@@ -61,6 +74,9 @@ caption { caption-side: top; text-align: left; font-size: .9em; color: #444; pad
 .rank { font-weight: bold; width: 1.4em; }
 .tag { font-size: .8em; padding: .1em .4em; border-radius: 3px; background: #eee; }
 .fix { background: #c8e6c9; } .break { background: #ffcdd2; }
+.warning { background: #fdecea; border-left: 4px solid #b00020; color: #7f0015;
+           padding: .4em .8em; margin: .4em 0; font-weight: bold; }
+.probe { font-size: .9em; color: #333; }
 """
 
 SCRIPT = """
@@ -156,6 +172,32 @@ def _fmt(ms: tuple[float, float] | None) -> str:
     return f"{ms[0]:.2f} ± {ms[1]:.2f}" if ms else "—"
 
 
+def _text(line: str) -> str:
+    """A report line as HTML: escaped, `quoted` paths as code."""
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", _e(line))
+
+
+def warnings_html(lines: list[str]) -> str:
+    return "".join(f'<div class="warning">{_text(line)}</div>' for line in lines)
+
+
+def full_gallery_html(report: Report) -> str:
+    ks = report.ks
+    fg = full_gallery_table(report.rows, ks, report.full_construction)
+    if fg is None:
+        return f"<p>{_e(NO_FULL_GALLERY)}</p>"
+    head = "".join(f'<th colspan="{len(ks)}">{direction_heading(d)}</th>' for d in TABLE_ORDER)
+    sub = "".join(f"<th>R@{k}</th>" for _ in TABLE_ORDER for k in ks)
+    first = "".join(f'<th rowspan="2">{_e(h)}</th>' for h in fg["head"])
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>" for cells in fg["body"]
+    )
+    return (
+        f'<table id="full_gallery"><caption>{_e(fg["caption"])}</caption>'
+        f"<tr>{first}{head}</tr><tr>{sub}</tr>{body}</table><p>{_e(fg['note'])}</p>"
+    )
+
+
 def table_html(report: Report) -> str:
     ks = report.ks
     head = "".join(f'<th colspan="{len(ks)}">{direction_heading(d)}</th>' for d in TABLE_ORDER)
@@ -164,11 +206,24 @@ def table_html(report: Report) -> str:
     for name, row in report.rows.items():
         cells = "".join(f"<td>{_fmt(row.get(f'{d}/R@{k}'))}</td>" for d in TABLE_ORDER for k in ks)
         body.append(f"<tr><td>{_e(name)}</td><td>{_e(runs_cell(row))}</td>{cells}</tr>")
+    caption = table_caption(report.rows, report.recall)
+    if report.list_construction:
+        caption += " " + report.list_construction
     return (
-        f'<table id="table2"><caption>{_e(table_caption(report.rows, report.recall))}</caption>'
+        f'<table id="table2"><caption>{_e(caption)}</caption>'
         f'<tr><th rowspan="2">method</th><th rowspan="2">runs</th>{head}</tr><tr>{sub}</tr>'
         + "".join(body)
         + "</table>"
+    )
+
+
+def probe_html(report: Report) -> str:
+    lines = report.probe_lines or ["No lists directory named by the runs' configs: no probe."]
+    items = "".join(f"<li>{_text(line[2:])}</li>" for line in lines if line.startswith("- "))
+    heads = "".join(f"<p>{_text(line)}</p>" for line in lines if not line.startswith("- "))
+    return (
+        f'<div class="probe" id="probe">{heads}{f"<ul>{items}</ul>" if items else ""}</div>'
+        + warnings_html(report.probe_warnings)
     )
 
 
@@ -176,24 +231,29 @@ def significance_html(report: Report) -> str:
     if not report.significance:
         return "<p>No CLIP-cosine baseline with predictions files: no significance test.</p>"
     rows = []
-    for rec in report.significance:
+    for rec in significance_table(report.significance):
+        protocol = _e(PROTOCOL_TITLES.get(rec["protocol"], rec["protocol"]))
+        lead = (
+            f"<tr><td>{protocol}</td><td>{_e(rec['row'])}</td><td>{rec['direction']}</td>"
+            f"<td>{_e(rec['seeds'])}</td>"
+        )
         if rec["note"]:
-            rows.append(
-                f"<tr><td>{_e(rec['row'])}</td><td>{rec['direction']}</td><td>{_e(rec['seed'])}</td>"
-                f'<td colspan="3">{_e(rec["note"])}</td></tr>'
-            )
+            rows.append(f'{lead}<td colspan="4">{_e(rec["note"])}</td></tr>')
             continue
         rows.append(
-            f"<tr><td>{_e(rec['row'])}</td><td>{rec['direction']}</td><td>{_e(rec['seed'])}</td>"
-            f"<td>{rec['delta']:+.2f}</td><td>[{rec['low']:+.2f}, {rec['high']:+.2f}]</td>"
-            f"<td>{format_p(rec['p'])}</td></tr>"
+            f"{lead}<td>{rec['delta']:+.2f}</td><td>[{rec['low']:+.2f}, {rec['high']:+.2f}]</td>"
+            f"<td>{format_p(rec['p'])}</td><td>{format_p(rec['p_holm'])}</td></tr>"
         )
     caption = significance_caption(1, report.n_resamples, report.seed)
     return (
-        f'<table id="significance"><caption>{_e(caption)}</caption><tr><th>method</th>'
-        "<th>direction</th><th>seed</th><th>Δ R@1</th><th>95% interval</th><th>p</th></tr>"
+        f'<table id="significance"><caption>{_e(caption)}</caption><tr><th>protocol</th>'
+        "<th>method</th><th>direction</th><th>seeds</th><th>Δ R@1</th><th>95% interval</th>"
+        "<th>p</th><th>p (Holm)</th></tr>"
         + "".join(rows)
         + "</table>"
+        + (f"<p>{_text(note)}</p>" if (note := full_test_note(report.significance)) else "")
+        + f"<p>In-list gains vs the full gallery. {_e(GAIN_RULE)}</p>"
+        + (warnings_html(report.gain_warnings) or "<p>No method is flagged.</p>")
     )
 
 
@@ -328,9 +388,12 @@ def render_html(
 {banner}
 <p>Runs below <code>{_e(report.root)}</code>: {len(report.runs)} finished,
 {len(report.unfinished)} failed or missing. Recall = {_e(recall_definition(report.recall))}.</p>
-<h2>Table 2</h2>
+<h2>Full-gallery protocol</h2>
+{full_gallery_html(report)}
+<h2>List protocol (Table 2)</h2>
 {table_html(report)}
 <p>i2t = text retrieval (image query → captions); t2i = image retrieval (caption query → images).</p>
+{probe_html(report)}
 <h2>Significance vs CLIP cosine</h2>
 {significance_html(report)}
 <h2>Failed / missing jobs</h2>

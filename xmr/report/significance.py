@@ -1,27 +1,46 @@
-"""Significance of each row against the CLIP-cosine baseline: a paired bootstrap over test queries.
+"""Significance of each row against the CLIP-cosine baseline, on both protocols, with Holm's
+correction across the table.
 
 A **paired bootstrap over test queries** (seeded, 10,000 resamples) of the difference in
-per-query R@1 between a row and the CLIP-cosine baseline on the very same test lists (rows of
-the ``predictions_{t2i,i2t}.npz`` files), per seed and pooled (per-query R@1 averaged over the
-seeds first). The two-sided p-value is ``min(1, 2 · min(P*(Δ ≤ 0), P*(Δ ≥ 0)))`` with P* the
-bootstrap distribution of the mean difference, counted with the +1 correction ``(#+1)/(B+1)``;
-95% intervals are percentiles. It measures query-sampling uncertainty of the test set, not
+per-query R@1 between a row and the CLIP-cosine baseline on the very same test queries, per seed
+and pooled (per-query R@1 averaged over the seeds first):
+
+- list protocol (:func:`significance`): hit@1 inside the same candidate lists (rows of the
+  ``predictions_{t2i,i2t}.npz`` files);
+- full-gallery protocol (:func:`full_gallery_significance`): hit@1 of the re-ranked gallery
+  (``predictions_full_{t2i,i2t}.npz``, :func:`xmr.metrics.full_gallery.hits_at_k`).
+
+The two-sided p-value is ``min(1, 2 · min(P*(Δ ≤ 0), P*(Δ ≥ 0)))`` with P* the bootstrap
+distribution of the mean difference, counted with the +1 correction ``(#+1)/(B+1)``; 95%
+intervals are percentiles. It measures query-sampling uncertainty of the test set, not
 seed-to-seed variance (the ± std of the table).
+
+**Multiple comparisons** (:func:`adjust_holm`): the family is every (protocol, row, direction)
+test shown in the report — the pooled record when a row has several seeds, else its one seed —
+and each gets Holm–Bonferroni's adjusted p (:func:`holm`); per-seed records outside the family
+keep ``p_holm`` NaN. :func:`gain_warnings` flags in-list gains the full gallery does not match.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from xmr.data.store import TABLE_ORDER
+from xmr.metrics.full_gallery import hits_at_k
 from xmr.metrics.ranking import ranked_recall_at_k
-from xmr.report.collect import run_predictions
+from xmr.report.collect import run_full_outcomes, run_predictions
 from xmr.report.table import BASELINE
 
 N_RESAMPLES = 10_000
+#: Level of the tests (on Holm-adjusted p-values).
+ALPHA = 0.05
+#: ``protocol`` of the records, in the report's order: the full gallery first.
+PROTOCOLS = ("full_gallery", "lists")
+PROTOCOL_TITLES = {"full_gallery": "full gallery", "lists": "lists"}
 
 
 def align_predictions(
@@ -42,6 +61,22 @@ def align_predictions(
     cand_b = np.sort(base["candidates"][b], axis=1)
     if cand_a.shape != cand_b.shape or not np.array_equal(cand_a, cand_b):
         return None
+    return a, b
+
+
+def align_queries(
+    pred: dict[str, np.ndarray], base: dict[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Row indices into (pred, base) that pair the same query, when both hold the same queries
+    (the full-gallery protocol: every query of the split, the whole gallery); else None."""
+    if pred["query"].shape == base["query"].shape and np.array_equal(pred["query"], base["query"]):
+        idx = np.arange(len(pred["query"]))
+        return idx, idx
+    order = {int(q): i for i, q in enumerate(base["query"])}
+    if len(order) != len(pred["query"]) or any(int(q) not in order for q in pred["query"]):
+        return None
+    a = np.arange(len(pred["query"]), dtype=np.int64)
+    b = np.array([order[int(q)] for q in pred["query"]], np.int64)
     return a, b
 
 
@@ -79,6 +114,14 @@ def paired_bootstrap(
     }
 
 
+#: (run, direction) → (arrays to align with the baseline's, per-query values (Q,)), or None.
+PerQuery = Callable[[dict[str, Any], str], tuple[dict[str, np.ndarray], np.ndarray] | None]
+#: (run's arrays, baseline's arrays) → row indices pairing the same queries, or None.
+Align = Callable[
+    [dict[str, np.ndarray], dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray] | None
+]
+
+
 def significance(
     rows: dict[str, dict[str, Any]],
     k: int = 1,
@@ -86,12 +129,78 @@ def significance(
     n_resamples: int = N_RESAMPLES,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """Each row against the CLIP-cosine row: paired bootstrap of per-query R@k (see module doc).
+    """Each row against the CLIP-cosine row inside the candidate lists: paired bootstrap of
+    per-query R@k (see module doc).
 
-    Returns records ``{"row", "direction", "seed" ("pooled" or a seed), "delta", "low", "high"
-    (percent points), "p", "queries", "note"}``; a record with a ``note`` and NaN values when a
-    comparison is impossible (no predictions, different test lists).
+    Returns records ``{"protocol": "lists", "row", "direction", "seed" ("pooled" or a seed),
+    "delta", "low", "high" (percent points), "p", "p_holm" (NaN until :func:`adjust_holm`),
+    "queries", "note"}``; a record with a ``note`` and NaN values when a comparison is impossible
+    (no predictions, different test lists).
     """
+
+    def per_query(
+        run: dict[str, Any], direction: str
+    ) -> tuple[dict[str, np.ndarray], np.ndarray] | None:
+        pred = run_predictions(run, direction)
+        if pred is None:
+            return None
+        return pred, ranked_recall_at_k(pred["labels"], k, recall).numpy()  # (Q,)
+
+    return _compare(
+        rows,
+        "lists",
+        per_query,
+        align_predictions,
+        "different test lists than the baseline: not compared",
+        n_resamples,
+        seed,
+    )
+
+
+def full_gallery_significance(
+    rows: dict[str, dict[str, Any]],
+    k: int = 1,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Each row against the CLIP-cosine row in the full-gallery protocol: paired bootstrap of
+    per-query hit@k over the re-ranked gallery (``predictions_full_{dir}.npz``). Records as
+    :func:`significance` with ``"protocol": "full_gallery"``; rows whose runs wrote no per-query
+    outcomes get a record with a ``note``."""
+
+    def per_query(
+        run: dict[str, Any], direction: str
+    ) -> tuple[dict[str, np.ndarray], np.ndarray] | None:
+        out = run_full_outcomes(run, direction)
+        if out is None:
+            return None
+        return out, hits_at_k(out["rank"], k)  # (Q,)
+
+    return _compare(
+        rows,
+        "full_gallery",
+        per_query,
+        align_queries,
+        "different test queries than the baseline: not compared",
+        n_resamples,
+        seed,
+        missing_note="no per-query full-gallery outcomes (predictions_full_*.npz): not tested",
+    )
+
+
+def _compare(
+    rows: dict[str, dict[str, Any]],
+    protocol: str,
+    per_query: PerQuery,
+    align: Align,
+    mismatch_note: str,
+    n_resamples: int,
+    seed: int,
+    missing_note: str = "",
+) -> list[dict[str, Any]]:
+    """The bootstrap records of one protocol (see :func:`significance`). ``per_query(run,
+    direction)`` gives the arrays that ``align`` pairs with the baseline's and the per-query
+    values ``(Q,)``, or None when the run has none."""
     base_rows = [r for r in rows.values() if r["method"] == BASELINE and r["runs"]]
     if not base_rows:
         return []
@@ -101,32 +210,32 @@ def significance(
         if row["method"] == BASELINE or not row["runs"]:
             continue
         for direction in TABLE_ORDER:
-            base_preds = [p for r in base_runs if (p := run_predictions(r, direction)) is not None]
+            base_preds = [x for r in base_runs if (x := per_query(r, direction)) is not None]
             if not base_preds:
                 continue
-            base = base_preds[0]
-            base_value = np.nanmean(
-                [ranked_recall_at_k(p["labels"], k, recall).numpy() for p in base_preds], axis=0
-            )  # (Q,) mean over the baseline's runs (one, usually: cosine has no seed)
+            base = base_preds[0][0]
+            # (Q,) mean over the baseline's runs (one, usually: cosine has no seed)
+            base_value = np.nanmean([v for _, v in base_preds], axis=0)
             per_seed, note = [], ""
             for run in sorted(row["runs"], key=lambda r: str(r.get("seed"))):
-                pred = run_predictions(run, direction)
-                if pred is None:
+                got = per_query(run, direction)
+                if got is None:
                     continue
-                pair = align_predictions(pred, base)
+                pred, value = got
+                pair = align(pred, base)
                 if pair is None:
-                    note = "different test lists than the baseline: not compared"
+                    note = mismatch_note
                     continue
                 a_idx, b_idx = pair
-                value = ranked_recall_at_k(pred["labels"], k, recall).numpy()[a_idx]  # (Q,)
-                per_seed.append((run.get("seed"), value, base_value[b_idx]))
+                per_seed.append((run.get("seed"), value[a_idx], base_value[b_idx]))
             if not per_seed:
-                if note:
-                    records.append(_nan_record(name, direction, note))
+                if note or missing_note:
+                    records.append(_nan_record(protocol, name, direction, note or missing_note))
                 continue
             for run_seed, value, base_q in per_seed:
                 records.append(
                     _record(
+                        protocol,
                         name,
                         direction,
                         run_seed,
@@ -137,6 +246,7 @@ def significance(
                 pooled = np.nanmean(np.stack([v for _, v, _ in per_seed]), axis=0)  # (Q,)
                 records.append(
                     _record(
+                        protocol,
                         name,
                         direction,
                         "pooled",
@@ -146,8 +256,101 @@ def significance(
     return records
 
 
-def _record(name: str, direction: str, seed: Any, res: dict[str, float]) -> dict[str, Any]:
+def holm(p: Sequence[float]) -> np.ndarray:
+    """Holm–Bonferroni adjusted p-values, in the input's order.
+
+    With the m finite p-values sorted ascending, ``p_(1) ≤ … ≤ p_(m)``, the adjusted value of
+    ``p_(i)`` is ``min(1, max_{j ≤ i} (m − j + 1) · p_(j))`` (step-down, monotone). A NaN p (an
+    impossible comparison) is not counted in m and stays NaN.
+    """
+    p = np.asarray(p, np.float64)
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    m = len(finite)
+    if m == 0:
+        return out
+    order = finite[np.argsort(p[finite], kind="stable")]  # ascending p
+    scaled = (m - np.arange(m)) * p[order]  # (m - j + 1) · p_(j), j = 1..m
+    out[order] = np.minimum(1.0, np.maximum.accumulate(scaled))
+    return out
+
+
+def family(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records the report shows and corrects for: one per (protocol, row, direction), the
+    pooled record when there are several seeds, else the single seed's (or the note)."""
+    shown: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for rec in records:
+        key = (rec["protocol"], rec["row"], rec["direction"])
+        if rec["seed"] == "pooled" or key not in shown:
+            shown[key] = rec
+    return list(shown.values())
+
+
+def adjust_holm(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Set ``p_holm`` on every record of :func:`family` (Holm over all of them, both protocols
+    and directions); other records keep NaN. Returns ``records``."""
+    for rec in records:
+        rec["p_holm"] = math.nan
+    shown = family(records)
+    for rec, adjusted in zip(shown, holm([r["p"] for r in shown]), strict=True):
+        rec["p_holm"] = float(adjusted)
+    return records
+
+
+#: The rule of :func:`gain_warnings`, as the report states it.
+GAIN_RULE = (
+    f"A method is flagged per direction when its in-list R@1 gain over CLIP cosine is significant "
+    f"(list-protocol Δ R@1 > 0 with Holm-adjusted p < {ALPHA}) but the full gallery does not "
+    f"match it (full-gallery Δ R@1 ≤ 0, or Holm-adjusted p ≥ {ALPHA}, or not tested)."
+)
+
+
+def gain_warnings(
+    records: list[dict[str, Any]], full_deltas: dict[tuple[str, str], float] | None = None
+) -> list[str]:
+    """WARNING lines for the in-list gains that the full gallery does not match (:data:`GAIN_RULE`).
+
+    ``records``: Holm-adjusted records of both protocols (:func:`adjust_holm`); ``full_deltas``:
+    (row, direction) → full-gallery Δ R@1 of the table means (percent points), quoted when a row
+    has no full-gallery test.
+    """
+    shown = {(r["protocol"], r["row"], r["direction"]): r for r in family(records)}
+    lines = []
+    for (protocol, name, direction), rec in shown.items():
+        if protocol != "lists" or not (rec["delta"] > 0 and rec["p_holm"] < ALPHA):
+            continue
+        full = shown.get(("full_gallery", name, direction))
+        if full is not None and math.isfinite(full["delta"]):
+            if full["delta"] > 0 and full["p_holm"] < ALPHA:
+                continue
+            matched = (
+                f"full-gallery Δ R@1 {full['delta']:+.2f} pp (Holm p {format_p(full['p_holm'])})"
+            )
+        else:
+            mean = (full_deltas or {}).get((name, direction))
+            matched = "no full-gallery test" + (
+                f" (Δ of the table means {mean:+.2f} pp)" if mean is not None else ""
+            )
+        lines.append(
+            f"WARNING: {name} {direction}: in-list R@1 gain over CLIP cosine "
+            f"{rec['delta']:+.2f} pp (Holm p {format_p(rec['p_holm'])}) is not matched in the full "
+            f"gallery: {matched}."
+        )
+    return lines
+
+
+def format_p(p: float) -> str:
+    """A p-value for a table: 4 decimals, scientific below 1e-4, ``—`` when undefined."""
+    if not math.isfinite(p):
+        return "—"
+    return f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
+
+
+def _record(
+    protocol: str, name: str, direction: str, seed: Any, res: dict[str, float]
+) -> dict[str, Any]:
     return {
+        "protocol": protocol,
         "row": name,
         "direction": direction,
         "seed": seed,
@@ -155,14 +358,16 @@ def _record(name: str, direction: str, seed: Any, res: dict[str, float]) -> dict
         "low": 100 * res["low"],
         "high": 100 * res["high"],
         "p": res["p"],
+        "p_holm": math.nan,
         "queries": res["queries"],
         "note": "",
     }
 
 
-def _nan_record(name: str, direction: str, note: str) -> dict[str, Any]:
+def _nan_record(protocol: str, name: str, direction: str, note: str) -> dict[str, Any]:
     nan = math.nan
     return {
+        "protocol": protocol,
         "row": name,
         "direction": direction,
         "seed": "pooled",
@@ -170,6 +375,7 @@ def _nan_record(name: str, direction: str, note: str) -> dict[str, Any]:
         "low": nan,
         "high": nan,
         "p": nan,
+        "p_holm": nan,
         "queries": 0,
         "note": note,
     }

@@ -142,6 +142,20 @@ def full_gallery_rows(
     return out
 
 
+def full_gallery_deltas(rows: dict[str, dict[str, Any]]) -> dict[tuple[str, str], float]:
+    """(row, direction) → the row's full-gallery mean R@1 minus CLIP cosine's (percent points)."""
+    fg = full_gallery_rows(rows, (1,))
+    base = next((fg[n] for n, r in rows.items() if r["method"] == BASELINE and n in fg), None)
+    if base is None:
+        return {}
+    return {
+        (name, d): row[f"{d}/R@1"][0] - base[f"{d}/R@1"][0]
+        for name, row in fg.items()
+        for d in TABLE_ORDER
+        if f"{d}/R@1" in row and f"{d}/R@1" in base
+    }
+
+
 @dataclass
 class Report:
     """Everything ``xmr report`` derives from a sweep directory (see :func:`xmr.report.cli.build_report`)."""
@@ -154,9 +168,23 @@ class Report:
     rows: dict[str, dict[str, Any]]
     n_resamples: int
     seed: int
+    #: Both protocols' records, Holm-adjusted (:mod:`xmr.report.significance`).
     significance: list[dict[str, Any]] = field(default_factory=list)
+    #: The tables' constructions (:mod:`xmr.report.construction`): caption parts.
+    full_construction: str = ""
+    list_construction: str = ""
+    #: Leakage probe lines under the list-protocol table, and its WARNING lines.
+    probe_lines: list[str] = field(default_factory=list)
+    probe_warnings: list[str] = field(default_factory=list)
+    #: WARNING lines for in-list gains the full gallery does not match.
+    gain_warnings: list[str] = field(default_factory=list)
     curves: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     histories: dict[str, list[list[dict[str, Any]]]] = field(default_factory=dict)
+
+    @property
+    def warnings(self) -> list[str]:
+        """Every WARNING line of the report (probe, then in-list gains)."""
+        return self.probe_warnings + self.gain_warnings
 
     @property
     def synthetic(self) -> bool:

@@ -25,7 +25,7 @@ from xmr.metrics.full_gallery import run_protocol
 from xmr.models.build import build_module, load_weights
 from xmr.models.module import RankingModule, run_test_loop
 from xmr.models.scorer import scorer_kind
-from xmr.runs.results import results_record, write_predictions
+from xmr.runs.results import results_record, write_full_predictions, write_predictions
 from xmr.utils.config import validate_config
 from xmr.utils.instantiate import instantiate
 from xmr.utils.io import atomic_write_json, atomic_write_text
@@ -99,13 +99,15 @@ def test_record(
 ) -> dict[str, Any]:
     """Test ``module`` the one way ``xmr train``, ``xmr eval`` and ensemble members share: the
     list protocol by :func:`run_test_loop` (``trainer``, or a bare one on ``accelerator``), the
-    ``protocol`` group's full-gallery evaluation, predictions written to ``out`` (when
-    ``save_predictions``). Returns the results record (:func:`results_record` with ``meta``:
+    ``protocol`` group's full-gallery evaluation, predictions of both protocols written to ``out``
+    (when ``save_predictions``). Returns the results record (:func:`results_record` with ``meta``:
     ``val_metrics``, ``checkpoint``, ``epochs_run``, ``best_val``; plus ``full_gallery``); the
     caller writes it with :func:`write_record`."""
     merged = run_test_loop(module, dm, trainer, accelerator=accelerator)
     predictions = write_predictions(out, module.predictions) if save_predictions else {}
-    full, full_info = run_protocol(cfg, module.nets, dm.store)  # xmr.metrics.full_gallery
+    full, full_info, outcomes = run_protocol(cfg, module.nets, dm.store)  # metrics.full_gallery
+    if save_predictions:
+        predictions.update(write_full_predictions(out, outcomes))
     merged.update(full)
     results = results_record(
         cfg=cfg,

@@ -13,7 +13,8 @@
       "test/{dir}/ndcg@10", "test/{dir}/mrr", "test/rsum",
       "best_val/rsum": ..., "val/...": last validation values,
       "epochs_run": 10, "checkpoint": ".../best.ckpt",
-      "predictions": {"t2i": "predictions_t2i.npz", ...},
+      "predictions": {"t2i": "predictions_t2i.npz", ...,     # the list protocol
+                      "full_t2i": "predictions_full_t2i.npz", ...},  # the full-gallery protocol
       "config": {...resolved config...}
     }
 
@@ -28,6 +29,17 @@ first; ties broken pessimistically; a NaN score last among the real candidates; 
     scores      (Q, L) float32  the scorer's scores in that order, NaN at padding (a real
                                 candidate the scorer gave NaN keeps its id and its NaN)
     labels      (Q, L) uint8    relevance in that order, 0 at padding
+
+``predictions_full_{direction}.npz``: the full-gallery protocol's per-query outcomes
+(:func:`xmr.metrics.full_gallery.rerank_outcomes`), one row per test query::
+
+    query             (Q,) int64  query id
+    rank              (Q,) int64  1-based rank of the first relevant item in the re-ranked top K;
+                                  0 = none in the top K (a miss at every k)
+    first_stage_rank  (Q,) int64  the same in the first stage's order (0 beyond its first
+                                  max(K, max k) positions)
+
+Query q is a hit at k iff ``0 < rank[q] <= k`` (:func:`xmr.metrics.full_gallery.hits_at_k`).
 """
 
 from __future__ import annotations
@@ -68,6 +80,33 @@ def write_predictions(out: Path, predictions: dict[str, dict[str, np.ndarray]]) 
         atomic_write(out / name, _save)
         written[direction] = name
     return written
+
+
+#: Arrays of a ``predictions_full_{direction}.npz`` file.
+FULL_PREDICTION_ARRAYS = ("query", "rank", "first_stage_rank")
+
+
+def write_full_predictions(out: Path, outcomes: dict[str, dict[str, np.ndarray]]) -> dict[str, str]:
+    """Write ``predictions_full_{direction}.npz`` files (the full-gallery protocol's per-query
+    outcomes); returns ``full_{direction}`` → file name (the keys under ``results.json``
+    ``predictions``)."""
+    written = {}
+    for direction, arrays in outcomes.items():
+        name = f"predictions_full_{direction}.npz"
+
+        def _save(tmp: Path, arrays: dict[str, np.ndarray] = arrays) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **{k: np.asarray(arrays[k], np.int64) for k in FULL_PREDICTION_ARRAYS})
+
+        atomic_write(out / name, _save)
+        written[f"full_{direction}"] = name
+    return written
+
+
+def load_full_predictions(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a ``predictions_full_{direction}.npz`` file (no pickles)."""
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in FULL_PREDICTION_ARRAYS}
 
 
 def load_predictions(path: str | Path) -> dict[str, np.ndarray]:
