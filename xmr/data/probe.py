@@ -86,11 +86,16 @@ class ListsFile(Protocol):
     """What the probe reads of one (direction, split) file (:class:`xmr.data.mining.CandidateLists`
     has it): ``queries (Q,)``, ``candidates (Q, L)`` (-1 = padding), ``labels (Q, L)``."""
 
-    queries: np.ndarray
-    candidates: np.ndarray
-    labels: np.ndarray
-    direction: str
-    split: str
+    @property
+    def queries(self) -> np.ndarray: ...
+    @property
+    def candidates(self) -> np.ndarray: ...
+    @property
+    def labels(self) -> np.ndarray: ...
+    @property
+    def direction(self) -> str: ...
+    @property
+    def split(self) -> str: ...
 
 
 def file_key(direction: str, split: str) -> str:
@@ -176,10 +181,6 @@ def list_cosines(
     return np.where(candidates >= 0, out[..., 0].numpy(), np.float32(0.0))
 
 
-def _null_if_nan(value: float) -> float | None:
-    return None if math.isnan(value) else float(value)
-
-
 def probe_file(lists: ListsFile, store: FeatureStore) -> dict[str, Any]:
     """The probe of one (direction, split) file (one entry of ``probe["files"]``).
 
@@ -194,9 +195,7 @@ def probe_file(lists: ListsFile, store: FeatureStore) -> dict[str, Any]:
     keep = n_pos > 0  # (Q,) lists that count
     n = int(keep.sum())
     chance = {
-        f"recall@{k}": _null_if_nan(float(np.mean(chance_recall(sizes[keep], n_pos[keep], k))))
-        if n
-        else None
+        f"recall@{k}": float(np.mean(chance_recall(sizes[keep], n_pos[keep], k))) if n else None
         for k in PROBE_KS
     }
     entry: dict[str, Any] = {
@@ -234,7 +233,7 @@ def probe_file(lists: ListsFile, store: FeatureStore) -> dict[str, Any]:
         "mean": float(best.mean()),
     }
     successes = int(hits[1].sum())
-    chance_1 = float(chance["recall@1"])
+    chance_1 = float(np.mean(n_pos[keep] / sizes[keep]))  # chance R@1 = P / L per list
     p_value = binomial_tail(successes, n, chance_1)
     entry["p_value"] = p_value
     entry["leak"] = bool(p_value < LEAK_P_VALUE and successes / n >= LEAK_RATIO * chance_1)
@@ -288,14 +287,13 @@ def warn_leaks(probe: Mapping[str, Any]) -> None:
         )
 
 
-def _headline(files: Mapping[str, Any]) -> str | None:
-    """The file the summary shows: the smallest p-value (the closest to leaking), else the first."""
+def _headline(files: Mapping[str, Any]) -> str:
+    """The file the summary shows (``files`` not empty): the smallest p-value, i.e. the closest to
+    leaking (the first such file on a tie), else the first file."""
     tested = [
         (e["p_value"], i, k) for i, (k, e) in enumerate(files.items()) if e["p_value"] is not None
     ]
-    if tested:
-        return min(tested)[2]
-    return next(iter(files), None)
+    return min(tested)[2] if tested else next(iter(files))
 
 
 def _pct(value: float | None) -> str:
@@ -321,11 +319,15 @@ def probe_line(probe: Mapping[str, Any] | None) -> str:
             f"probe: anti-cosine not applicable (the store is not one joint space, or no list "
             f"has a positive); chance in-list R@1 {_show(key)} {chance}"
         )
-    head = f"probe: anti-cosine in-list R@1 {_show(key)} {_pct(entry['anti_cosine']['recall@1'])} vs chance {chance}"
+    anti = _pct(entry["anti_cosine"]["recall@1"])
+    head = f"probe: anti-cosine in-list R@1 {_show(key)} {anti} vs chance {chance}"
     bad = leaking_files(probe)
     if bad:
         return (
             f"{head} — LEAK in {len(bad)} of {len(files)} files "
             "(the positive is not chosen like the negatives)"
         )
-    return f"{head} — no leak in {len(files)} files (the first-stage score does not point at the positive)"
+    return (
+        f"{head} — no leak in {len(files)} files "
+        "(the first-stage score does not point at the positive)"
+    )
