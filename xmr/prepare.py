@@ -16,7 +16,9 @@ import hydra
 from omegaconf import DictConfig
 
 from xmr.data.datamodule import prepare_store_and_lists
+from xmr.data.lists_probe import probe_lists, read_probe
 from xmr.data.mining import mine_lists
+from xmr.data.probe import probe_line, warn_leaks
 from xmr.data.store import FeatureStore
 from xmr.data.synth import synth_config, write_synthetic_store
 from xmr.utils.instantiate import instantiate
@@ -57,3 +59,11 @@ def mine_main(cfg: DictConfig) -> None:
     meta = json.loads((dm.lists_dir / "lists.json").read_text())
     print(f"lists in {dm.lists_dir} ({time.perf_counter() - t0:.1f} s)")
     print(json.dumps(meta.get("stats", {}), indent=1)[:4000])
+    # The leakage probe: recorded by the miner (which warns when it mines); computed now for
+    # lists mined before the probe existed (not written back).
+    probe = read_probe(dm.lists_dir)
+    if probe is None:
+        probe = probe_lists(FeatureStore.open(dm.store_path), dm.lists_dir)
+    if existed and not cfg.overwrite:
+        warn_leaks(probe)
+    print(probe_line(probe))

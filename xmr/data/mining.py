@@ -66,6 +66,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from xmr.data.probe import probe_paths
 from xmr.data.store import DIRECTIONS, SPLITS, FeatureStore
 from xmr.utils.io import atomic_write, atomic_write_text, publish_dir, resume_work_dir
 
@@ -767,6 +768,10 @@ def mine_lists(
             "params": params,
             "seed": int(seed),
             "stats": stats,
+            # The leakage probe of the files (xmr.data.probe); warns when a file leaks.
+            "probe": probe_paths(
+                store, {(d, sp): tmp / lists_filename(d, sp) for sp in splits for d in DIRECTIONS}
+            ),
         }
         (tmp / "lists.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         published = [lists_filename(d, split) for split in splits for d in DIRECTIONS]

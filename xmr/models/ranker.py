@@ -1,6 +1,7 @@
-"""Scorers over candidate lists: the Context-Aware Ranker and the CLIP-cosine baseline.
+"""Scorers over candidate lists: the Context-Aware Ranker, the CLIP-cosine baseline and its
+reverse, the anti-cosine probe.
 
-Both map pair features ``x (B, L, D_q + D_c)`` — ``[query ; candidate]`` per item — and a padding
+All map pair features ``x (B, L, D_q + D_c)`` — ``[query ; candidate]`` per item — and a padding
 mask ``(B, L)`` (True = real candidate) to scores ``(B, L)``. Scores at padded slots are 0 and
 carry no meaning: losses and metrics take the mask.
 """
@@ -239,6 +240,33 @@ class CosineScorer(nn.Module, ScorerKind):
     def gallery_scores(self, gallery: Tensor) -> Callable[[Tensor], Tensor]:
         """Cosine of queries ``(B, D)`` against the whole gallery ``(G, D)``: ``(B, G)``."""
         return cosine_gallery_scores(gallery)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        return self.forward_split(x[:, 0, : self.query_dim], x[..., self.query_dim :], mask)
+
+
+class AntiCosineScorer(nn.Module, ScorerKind):
+    """Minus the cosine of query and candidate, no parameters: the leakage probe as a model row.
+
+    It knows nothing but the first-stage score and ranks the least similar candidate first, so
+    it beats chance on lists only where the positive is not chosen like the negatives (the
+    paper's ``hard`` lists: top-cosine negatives plus the positive; :mod:`xmr.data.probe`).
+
+    In the full-gallery protocol its first stage is the cosine (``first_stage: cosine`` or
+    ``auto`` on a joint-space store), whose top K it ranks in reverse; it offers no
+    ``gallery_scores``, since ranking a whole gallery by anti-cosine retrieves the least similar
+    items and is no first stage. Needs a joint embedding space, as :class:`CosineScorer`.
+    """
+
+    fits: ClassVar[bool] = False
+
+    def __init__(self, query_dim: int, cand_dim: int) -> None:
+        super().__init__()
+        self.cosine = CosineScorer(query_dim, cand_dim)
+        self.query_dim = int(query_dim)
+
+    def forward_split(self, q: Tensor, c: Tensor, mask: Tensor) -> Tensor:
+        return (-self.cosine.forward_split(q, c, mask)).masked_fill(~mask, 0.0)  # (B, L)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         return self.forward_split(x[:, 0, : self.query_dim], x[..., self.query_dim :], mask)
