@@ -344,7 +344,7 @@ def test_anti_cosine_in_the_full_gallery_reverses_the_cosine_top_k(tiny_store: P
     store = FeatureStore.open(tiny_store)
     top_k = 5
     nets = {"t2i": AntiCosineScorer(32, 32)}
-    metrics, info = evaluate_full_gallery(nets, store, top_k=top_k, first_stage="auto")
+    metrics, info, _ = evaluate_full_gallery(nets, store, top_k=top_k, first_stage="auto")
     assert info["first_stage"] == "cosine"
     # Direct: a hit at 1 when the cosine's K-th item (pessimistic order) is relevant.
     parts = split_gallery(store, "t2i")

@@ -26,7 +26,7 @@ from _sweep import LOSSES
 from xmr.metrics.ranking import ranked_recall_at_k, ranked_recall_curve
 from xmr.report.cli import build_report, main
 from xmr.report.collect import assign_rows
-from xmr.report.construction import lists_dir_of, read_probe
+from xmr.report.construction import lists_dir_of, probe_of
 from xmr.report.significance import (
     ALPHA,
     adjust_holm,
@@ -444,7 +444,7 @@ def test_report_leads_with_the_full_gallery_and_captions_the_construction(
 def test_probe_lines_and_leak_warning(probe_sweep: Path, tmp_path: Path, capsys) -> None:
     runs = [json.loads(p.read_text()) for p in sorted(probe_sweep.glob("*/results.json"))]
     lists_dir = lists_dir_of(runs[0])
-    assert read_probe(lists_dir) == PROBE
+    assert probe_of(lists_dir, None) == PROBE
     main([str(probe_sweep), "--out", str(tmp_path), "--resamples", "500", "--no-plots"])
     err = capsys.readouterr().err
     md = (tmp_path / "table.md").read_text()
@@ -462,7 +462,7 @@ def test_probe_lines_and_leak_warning(probe_sweep: Path, tmp_path: Path, capsys)
     tex = (tmp_path / "table.tex").read_text()
     assert "WARNING: the leakage probe flags the t2i test lists" in tex
     # Lists without a probe say so; unreadable lists too.
-    assert read_probe(tmp_path) is None
+    assert probe_of(tmp_path, None) is None
 
 
 def test_in_list_gain_not_matched_in_full_gallery_is_flagged(

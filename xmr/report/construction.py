@@ -4,8 +4,9 @@
   positives per list, store and encoder, test queries per direction, SYNTHETIC, ListNet target;
 - :func:`full_construction` — the full-gallery protocol: first stage, K, gallery and queries per
   direction, positives per query, store and encoder, SYNTHETIC, ListNet target;
-- :func:`probes` / :func:`probe_lines` — the leakage probe recorded in the ``lists.json`` of
-  the lists the list-protocol runs used (key ``"probe"``), its lines and WARNING lines.
+- :func:`probes` / :func:`probe_lines` — the leakage probe of the lists the list-protocol runs
+  used (recorded in their ``lists.json`` under ``"probe"``, or computed for older lists), its
+  lines and WARNING lines.
 
 A run's lists directory is its config's ``data.lists_dir``, else
 ``<data.lists_root>/<mining tag>`` (:func:`xmr.data.datamodule.mining_tag`; ``lists_root``
@@ -19,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from xmr.data.datamodule import mining_tag
-from xmr.data.mining import MINING_DEFAULTS, ListsError, read_lists_meta
-from xmr.data.store import TABLE_ORDER
+from xmr.data.lists_probe import probe_lists, read_probe
+from xmr.data.mining import MINING_DEFAULTS, ListsError
+from xmr.data.store import TABLE_ORDER, FeatureStore, StoreError
 from xmr.report.collect import run_predictions
 
 #: The split whose lists the report's list-protocol table measures.
@@ -50,14 +52,17 @@ def lists_dir_of(run: dict[str, Any]) -> Path | None:
     return Path(str(root)) / mining_tag(data.get("mining") or {})
 
 
-def read_probe(lists_dir: str | Path) -> dict[str, Any] | None:
-    """The leakage probe recorded in ``lists_dir/lists.json`` (key ``"probe"``), or None when
-    the lists carry none or cannot be read here."""
+def probe_of(lists_dir: str | Path, store: str | Path | None) -> dict[str, Any] | None:
+    """The leakage probe of ``lists_dir``: the one recorded in its ``lists.json``, else (lists
+    mined before probes were recorded) computed from the lists and ``store`` without writing it
+    back; None when the lists or the store cannot be read here."""
     try:
-        probe = read_lists_meta(lists_dir).get("probe")
-    except (ListsError, OSError):
+        probe = read_probe(lists_dir)
+        if probe is None and store is not None:
+            probe = probe_lists(FeatureStore.open(store, check_norms=False), lists_dir)
+    except (ListsError, StoreError, OSError):
         return None
-    return probe if isinstance(probe, dict) else None
+    return probe
 
 
 def _values(values: list[Any]) -> str:
@@ -176,13 +181,15 @@ def probes(rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             lists_dir = lists_dir_of(run)
             if lists_dir is None:
                 continue
+            store = (_config(run).get("data") or {}).get("store")
             entry = found.setdefault(
-                str(lists_dir), {"lists_dir": str(lists_dir), "rows": [], "probe": None}
+                str(lists_dir),
+                {"lists_dir": str(lists_dir), "store": store, "rows": [], "probe": None},
             )
             if name not in entry["rows"]:
                 entry["rows"].append(name)
     for entry in found.values():
-        entry["probe"] = read_probe(entry["lists_dir"])
+        entry["probe"] = probe_of(entry["lists_dir"], entry.pop("store"))
     return list(found.values())
 
 
