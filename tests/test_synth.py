@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from xmr.data.store import SPLITS, STORE_FILES, FeatureStore
-from xmr.data.synth import PRESETS, SynthConfig, generate, write_synthetic_store
+from xmr.data.synth import LEARNABLE, PRESETS, SynthConfig, generate, write_synthetic_store
 from xmr.metrics.zeroshot import full_gallery_recall, store_split_recall
 
 # CLIP ViT-B/32 zero-shot on Flickr30k 1K test (open_clip's published numbers, PAPER.md).
@@ -142,3 +142,57 @@ def test_paper_preset_generation_and_calibration(tmp_path: Path) -> None:
     assert t_write < 60 and t_open < 2
     for d, target in CLIP_R1.items():
         assert abs(r[d]["recall@1"] - target) <= 0.05, (d, r[d])
+
+
+def test_learnable_structure_is_off_by_default_and_seeded() -> None:
+    """Both knobs at 0 leave the generator's output as it was (the structure has RNG streams of
+    its own); with them on, the same seed gives the same store."""
+
+    plain = SynthConfig(num_train=40, num_val=10, num_test=10, dim=96, num_topics=6)
+    structured = dataclasses.replace(plain, **LEARNABLE)
+    a, b = generate(structured), generate(structured)
+    assert np.array_equal(a["text_emb"], b["text_emb"])
+    base = generate(plain)
+    # The structure touches only the embeddings: ids, splits and captions are the same draws.
+    assert np.array_equal(a["image_split"], base["image_split"])
+    assert a["captions"] == base["captions"]
+    assert not np.array_equal(a["image_emb"], base["image_emb"])
+
+
+def test_caption_nuisance_lies_in_its_subspace() -> None:
+    """With nuisance_fraction 0.9 the caption noise has most of its energy in the fixed
+    rank-R subspace: caption rows project much more onto it than onto a random subspace."""
+
+    cfg = SynthConfig(
+        num_train=200,
+        num_val=0,
+        num_test=20,
+        dim=128,
+        num_topics=6,
+        caption_noise=2.0,
+        nuisance_rank=8,
+        nuisance_fraction=0.9,
+    )
+    text = generate(cfg)["text_emb"]
+    basis = np.linalg.qr(np.random.default_rng([cfg.seed, 1]).standard_normal((128, 8)))[0]
+    other = np.linalg.qr(np.random.default_rng(123).standard_normal((128, 8)))[0]
+    on = (np.linalg.norm(text @ basis, axis=1) ** 2).mean()
+    off = (np.linalg.norm(text @ other, axis=1) ** 2).mean()
+    assert on > 5 * off
+    plain = generate(dataclasses.replace(cfg, nuisance_fraction=0.0))["text_emb"]
+    assert (np.linalg.norm(plain @ basis, axis=1) ** 2).mean() < 2 * off
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "rule"),
+    [
+        ("nuisance_fraction", 1.5, r"in \[0, 1\]"),
+        ("image_distortion", 1.0, r"in \[0, 1\)"),
+        ("nuisance_rank", 0, "nuisance_rank must be in"),
+    ],
+)
+def test_learnable_knobs_are_validated(field: str, value: float, rule: str) -> None:
+
+    kwargs = {"nuisance_fraction": 0.5, "nuisance_rank": 4, field: value}
+    with pytest.raises(ValueError, match=rule):
+        SynthConfig(dim=16, **kwargs)
