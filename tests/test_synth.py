@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from xmr.data.datamodule import prepare_store_and_lists
 from xmr.data.store import SPLITS, STORE_FILES, FeatureStore
 from xmr.data.synth import LEARNABLE, PRESETS, SynthConfig, generate, write_synthetic_store
 from xmr.metrics.zeroshot import full_gallery_recall, store_split_recall
@@ -196,3 +197,15 @@ def test_learnable_knobs_are_validated(field: str, value: float, rule: str) -> N
     kwargs = {"nuisance_fraction": 0.5, "nuisance_rank": 4, field: value}
     with pytest.raises(ValueError, match=rule):
         SynthConfig(dim=16, **kwargs)
+
+
+def test_a_store_generated_with_other_settings_is_refused(tmp_path: Path) -> None:
+    old = SynthConfig(num_train=30, num_val=10, num_test=10, dim=16, num_topics=4)
+    write_synthetic_store(tmp_path / "s", old)
+    synth = {**dataclasses.asdict(old), "caption_noise": 1.0}
+    with pytest.raises(ValueError, match=r"caption_noise: 2\.2 != 1\.0"):
+        prepare_store_and_lists(tmp_path / "s", tmp_path / "l", synth, {})
+    # The same settings pass (and mining goes on).
+    prepare_store_and_lists(
+        tmp_path / "s", tmp_path / "l", dataclasses.asdict(old), {"pool": 20, "hard": 5}
+    )

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from xmr.data.mining import MINING_DEFAULTS, load_lists, mine_lists
 from xmr.data.store import DIRECTIONS, FeatureStore
-from xmr.data.synth import synth_config, write_synthetic_store
+from xmr.data.synth import check_synthetic_store, synth_config, write_synthetic_store
 
 log = logging.getLogger(__name__)
 
@@ -363,6 +363,8 @@ def prepare_store_and_lists(
         cfg = synth_config(synth)
         log.info("generating SYNTHETIC feature store at %s (%s)", store, cfg)
         write_synthetic_store(store, cfg)
+    elif synth:
+        check_synthetic_store(store, synth_config(synth))
     if not (lists_dir / "lists.json").exists():
         log.info("mining candidate lists into %s (%s)", lists_dir, dict(mining))
         mine_lists(FeatureStore.open(store), lists_dir, **dict(mining))

@@ -73,6 +73,7 @@ Paper-scale :func:`generate` takes 4-6.5 s, generating + writing the float16 sto
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -83,7 +84,14 @@ import numpy as np
 
 from xmr.data.store import SPLITS, write_store
 
-__all__ = ["PRESETS", "SynthConfig", "generate", "synth_config", "write_synthetic_store"]
+__all__ = [
+    "PRESETS",
+    "SynthConfig",
+    "check_synthetic_store",
+    "generate",
+    "synth_config",
+    "write_synthetic_store",
+]
 
 #: Images generated per vectorised step (fixed: part of the determinism contract).
 _CHUNK_IMAGES = 4096
@@ -306,3 +314,23 @@ def write_synthetic_store(
         normalize=True,
         overwrite=overwrite,
     )
+
+
+def check_synthetic_store(path: str | os.PathLike[str], cfg: SynthConfig) -> None:
+    """Refuse a synthetic store at ``path`` generated with settings other than ``cfg`` (a store
+    left by an earlier version or another preset): names the differing fields. Fields its
+    manifest lacks count as their defaults."""
+    manifest = json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8"))
+    recorded = (manifest.get("encoder") or {}).get("config")
+    if not isinstance(recorded, dict):
+        return  # not a generated store: nothing to compare
+    defaults = dataclasses.asdict(SynthConfig())
+    wanted = dataclasses.asdict(cfg)
+    differ = sorted(k for k in wanted if recorded.get(k, defaults[k]) != wanted[k])
+    if differ:
+        shown = ", ".join(f"{k}: {recorded.get(k, defaults[k])!r} != {wanted[k]!r}" for k in differ)
+        raise ValueError(
+            f"{Path(path) / 'manifest.json'}: this SYNTHETIC store was generated with other "
+            f"settings than data.synth asks for ({shown}); delete {path} to generate it anew, "
+            "or point data.store elsewhere"
+        )
