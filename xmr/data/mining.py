@@ -44,7 +44,7 @@ one is kept (``stats.lists_without_positive``) and counts as a miss in Recall@K:
 gallery for ``first_stage``, the pool for ``pool``), which the datamodule passes to the metrics
 (:func:`xmr.metrics.functional.list_metrics`). Lists are shuffled like those of ``hard``.
 ``stats.coverage`` is the fraction of queries with a retrieved positive. Work is chunked: one
-(RNG_BLOCK, gallery) block of scores at a time, never the image x caption matrix.
+(RNG_BLOCK, _GALLERY_CHUNK) block of scores at a time, never the image x caption matrix.
 
 Lists of one file share one length L, that of its longest list (``hard`` + the largest number of
 positives, unless every pool of the file is short); shorter lists (fewer captions, short pools) are
@@ -130,6 +130,8 @@ _GATHER_CHUNK = 32  # queries per embedding gather (compute only; does not chang
 # First-stage top-L: torch.topk keeps L + this many per query; when the last kept score is below
 # the L-th, every candidate that can be among the first L is kept (exact; else the whole row).
 _TOPK_MARGIN = 16
+_UNIT_CHUNK = 8192  # rows per embedding conversion (compute only; does not change the output)
+_GALLERY_CHUNK = 8192  # gallery columns scored at once (compute only; does not change the output)
 _PARTIAL_FORMAT = "xmr-lists-partial/1"  # format of the resumable work directory's state.json
 _STATS_SUFFIX = ".stats.json"  # beside each finished file in the work directory
 
@@ -401,61 +403,72 @@ class RankedArrays:
 
 
 def first_stage_top(
-    scores: torch.Tensor,
+    q_emb: torch.Tensor,
+    c_emb: torch.Tensor,
     excl_start: torch.Tensor,
     excl_count: torch.Tensor,
     real: torch.Tensor | None,
     cand_key: torch.Tensor,
     k: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``k`` candidates of each row in the pessimistic order of
-    :func:`xmr.metrics.ranking.pessimistic_order`, input position taken as ``cand_key``.
+    """The first ``k`` candidates of each query by cosine, in the pessimistic order of
+    :func:`xmr.metrics.ranking.pessimistic_order` (input position taken as ``cand_key``).
 
-    ``torch.topk`` keeps ``k + _TOPK_MARGIN`` per row; where the last kept score is below the
-    k-th (or the row has no more real items than that), these hold every candidate that can be
-    among the first k (score >= the k-th, ties included); they are sorted by ``cand_key`` and
-    ordered by ``pessimistic_order``. A row where a tie at the k-th score spans the margin goes
-    through :func:`xmr.metrics.ranking.pessimistic_topk` whole, columns in ``cand_key`` order.
-    Either way the result is the pessimistic order of the whole row.
+    Scores ``q_emb @ c_emb.T`` a ``_GALLERY_CHUNK``-column slice at a time (cache-sized; never the
+    whole (B, M) block) and keeps the best ``k + _TOPK_MARGIN`` of each row with ``torch.topk``.
+    Where the last kept score is below the k-th (or the row has no more real items than that),
+    they hold every candidate that can be among the first k (score >= the k-th, ties included):
+    they are sorted by ``cand_key`` and ordered by ``pessimistic_order``. A row where a tie at the
+    k-th score spans the margin goes through :func:`xmr.metrics.ranking.pessimistic_topk` whole,
+    columns in ``cand_key`` order. Either way the result is the pessimistic order of the row.
 
     Args:
-        scores: (B, M) float first-stage scores, finite.
+        q_emb: (B, D) float32 unit query rows; c_emb: (M, D) float32 unit candidate rows.
         excl_start, excl_count: (B,) int64 the row's relevant columns ``[start, start + count)``.
         real: (B, M) bool, False = not in the row's ranked set (pool); None = all real.
         cand_key: (M,) int64 distinct keys of the columns (global candidate ids): among equal
-            scores and labels, the lower key first, as in the full-gallery protocol's gallery.
+            scores and labels the lower key first, as in the full-gallery protocol's gallery.
         k: candidates kept (1 <= k <= M).
 
     Returns:
         top (B, k) int64 local indices best first, and top_real (B, k) bool (False = padding,
         where the row's set has fewer than k items).
     """
-    b, m = scores.shape
-    if real is not None:
-        scores = scores.masked_fill(~real, float("-inf"))
+    b, m = q_emb.shape[0], c_emb.shape[0]
 
     def relevant(idx: torch.Tensor, rows: slice) -> torch.Tensor:  # (R, W) -> (R, W) bool
         start = excl_start[rows, None]
         return (idx >= start) & (idx < start + excl_count[rows, None])
 
     kk = min(m, k + _TOPK_MARGIN)
-    vals, idx = torch.topk(scores, kk, dim=1)  # (B, KK), best first
+    part_vals, part_idx = [], []
+    for g0 in range(0, m, _GALLERY_CHUNK):
+        g1 = min(g0 + _GALLERY_CHUNK, m)
+        scores = q_emb @ c_emb[g0:g1].T  # (B, C)
+        if real is not None:
+            scores.masked_fill_(~real[:, g0:g1], float("-inf"))
+        v, i = torch.topk(scores, min(kk, g1 - g0), dim=1)
+        part_vals.append(v)
+        part_idx.append(i + g0)
+    # The best kk of the chunks' best kk are the row's best kk.
+    vals, pick = torch.topk(torch.cat(part_vals, dim=1), kk, dim=1)  # (B, KK), best first
+    idx = torch.cat(part_idx, dim=1).gather(1, pick)  # (B, KK)
     n_real = real.sum(dim=1) if real is not None else torch.full((b,), m)
     exact = (vals[:, kk - 1] < vals[:, k - 1]) | (n_real <= kk) | (kk == m)  # (B,)
-    idx = idx.gather(1, cand_key[idx].argsort(dim=1))  # (B, KK) in key order
+    by_key = cand_key[idx].argsort(dim=1)  # (B, KK)
+    idx, vals = idx.gather(1, by_key), vals.gather(1, by_key)
     sub_real = torch.ones_like(idx, dtype=torch.bool) if real is None else real.gather(1, idx)
-    sub_scores = scores.gather(1, idx)
-    order = pessimistic_order(sub_scores, relevant(idx, slice(None)), sub_real)[:, :k]  # (B, k)
+    order = pessimistic_order(vals, relevant(idx, slice(None)), sub_real)[:, :k]  # (B, k)
     top, top_real = idx.gather(1, order), sub_real.gather(1, order)
     if not bool(exact.all()):
-        by_key = cand_key.argsort()[None, :]  # (1, M) columns in key order
+        cols = cand_key.argsort()  # (M,) columns in key order
         for r in torch.nonzero(~exact).flatten().tolist():
             rows = slice(r, r + 1)
-            row_real = (
-                torch.ones_like(by_key, dtype=torch.bool) if real is None else real[rows, by_key[0]]
-            )
-            pick = pessimistic_topk(scores[rows, by_key[0]], relevant(by_key, rows), row_real, k)
-            top[r], top_real[r] = by_key[0, pick[0]], row_real[0, pick[0]]
+            row = q_emb[rows] @ c_emb[cols].T  # (1, M)
+            row_real = torch.ones_like(row, dtype=torch.bool) if real is None else real[rows, cols]
+            row = row.masked_fill(~row_real, float("-inf"))
+            best = pessimistic_topk(row, relevant(cols[None, :], rows), row_real, k)[0]  # (k,)
+            top[r], top_real[r] = cols[best], row_real[0, best]
     return top, top_real
 
 
@@ -472,7 +485,8 @@ def mine_ranked(
     pool of the positives plus ``pool_size`` minus their number items drawn as
     :func:`sample_pools` draws among the non-relevant candidates (``pool``); keep its top
     ``list_size`` by cosine (:func:`first_stage_top`); label 1 iff relevant; shuffle the real
-    entries; pad. One (RNG_BLOCK, M) block of scores at a time: memory O(RNG_BLOCK * M).
+    entries; pad. Scores are held for (RNG_BLOCK, _GALLERY_CHUNK) at a time, never (Q, M); the
+    pool strategy adds a (RNG_BLOCK, M) bool membership mask.
 
     Args:
         problem: the task (needs embeddings).
@@ -507,7 +521,6 @@ def mine_ranked(
     for blk, start in enumerate(range(0, q, RNG_BLOCK)):
         stop = min(start + RNG_BLOCK, q)
         rng = np.random.default_rng([*seed_key, blk])
-        scores = q_emb[start:stop] @ c_emb.T  # (B, M) cosines
         real = None
         if pool_size is not None:
             draws = sample_pools(rng, n_available[start:stop], pool_size)  # (B, pool_size)
@@ -521,10 +534,10 @@ def mine_ranked(
                 [np.where(valid, members, -1), positives[start:stop]], axis=1
             )  # (B, pool + P)
             rows, cols = np.nonzero(members >= 0)
-            real = torch.zeros(scores.shape, dtype=torch.bool)
+            real = torch.zeros((stop - start, m), dtype=torch.bool)  # (B, M) pool members
             real[torch.from_numpy(rows), torch.from_numpy(members[rows, cols])] = True
         top, top_real = first_stage_top(
-            scores, ex_s_all[start:stop], ex_c_all[start:stop], real, cand_key, k
+            q_emb[start:stop], c_emb, ex_s_all[start:stop], ex_c_all[start:stop], real, cand_key, k
         )
         row = np.where(top_real.numpy(), top.numpy(), -1)  # (B, L) local ids
         start_b = problem.excl_start[start:stop, None]
@@ -571,11 +584,15 @@ def _select_per_group(
     return rank, keep
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    """float32 copy with L2-normalised rows (the store's float16 rows are only nearly unit)."""
-    out = np.array(x, dtype=np.float32)  # one converting copy (x may be a float16 gather)
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
-    out /= np.maximum(norms, 1e-12)
+def _unit_rows(x: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """float32 copy of rows ``ids`` of ``x`` with L2-normalised rows (the store's float16 rows are
+    only nearly unit). Row chunks of ``_UNIT_CHUNK``: memory is the (N, D) result alone (each
+    row's norm and quotient do not depend on the chunking)."""
+    out = np.empty((ids.shape[0], x.shape[1]), dtype=np.float32)  # (N, D)
+    for s in range(0, ids.shape[0], _UNIT_CHUNK):
+        chunk = out[s : s + _UNIT_CHUNK]
+        chunk[...] = x[ids[s : s + _UNIT_CHUNK]]  # exact float16 -> float32 conversion
+        chunk /= np.maximum(np.linalg.norm(chunk, axis=1, keepdims=True), 1e-12)
     return out
 
 
@@ -619,7 +636,7 @@ def build_problem(
     with_emb = image_emb is not None and text_emb is not None
 
     def unit_rows(arr: np.ndarray | None, ids: np.ndarray) -> np.ndarray | None:
-        return _unit_rows(arr[ids]) if with_emb and arr is not None else None
+        return _unit_rows(arr, ids) if with_emb and arr is not None else None
 
     if direction == "t2i":
         _, keep = _select_per_group(group_of, t2i_captions_per_image, rng)
