@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _compose import make_cfg
 
 from xmr.data import mining
 from xmr.data.datamodule import XMRDataModule, mining_tag
@@ -27,6 +28,8 @@ from xmr.metrics.full_gallery import cosine_gallery_scores, split_gallery
 from xmr.metrics.functional import list_metrics
 from xmr.metrics.ranking import pessimistic_topk
 from xmr.metrics.retrieval import ListRetrievalMetrics
+from xmr.utils.config import validate_config
+from xmr.utils.instantiate import ConfigError
 
 FILES = [(d, s) for s in SPLITS for d in DIRECTIONS]
 
@@ -309,3 +312,37 @@ PINNED: dict[str, str] = {
     "random/t2i_test.npz": "539b2c3675324196",
     "random/i2t_test.npz": "c7a6c717973d6a4e",
 }
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error"),
+    [
+        (["data/mining=first_stage"], None),
+        (["data/mining=pool"], None),
+        (["data.mining.strategy=pool"], None),
+        (["data.mining.strategy=pool", "data.mining.pool_size=300"], None),
+        (["data.mining.strategy=bogus"], r"data.mining.strategy='bogus': one of hard, random"),
+        (["data/mining=first_stage", "data.mining.list_size=0"], r"data.mining.list_size=0"),
+        (["data/mining=first_stage", "data.mining.list_size=5"], r"ks=.*list_size = 5"),
+        (["data/mining=pool", "data.mining.pool_size=0"], r"data.mining.pool_size=0"),
+        (["data/mining=pool", "data.mining.pool_size=auto"], r"data.mining.pool_size='auto'"),
+    ],
+)
+def test_config_keys_validated(tmp_path: Path, overrides: list[str], error: str | None) -> None:
+    cfg = make_cfg(tmp_path, ["data=synthetic_tiny", *overrides])
+    if error is None:
+        validate_config(cfg)
+        strategy = cfg.data.mining.strategy
+        assert strategy in ("first_stage", "pool") and cfg.data.mining.list_size == 51
+        assert mining_tag(cfg.data.mining).startswith(strategy)
+    else:
+        with pytest.raises(ConfigError, match=error):
+            validate_config(cfg)
+
+
+def test_misses_line(first_stage: Path) -> None:
+    meta = json.loads((first_stage / "lists.json").read_text())
+    line = mining.misses_line(meta)
+    dropped = meta["stats"]["t2i_train"]["lists_dropped_no_positive"]
+    assert line is not None and "\n" not in line and f"t2i_train {dropped}" in line
+    assert mining.misses_line({**meta, "params": {"strategy": "hard"}}) is None

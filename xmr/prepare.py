@@ -16,7 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from xmr.data.datamodule import prepare_store_and_lists
-from xmr.data.mining import mine_lists
+from xmr.data.mining import mine_lists, misses_line
 from xmr.data.store import FeatureStore
 from xmr.data.synth import synth_config, write_synthetic_store
 from xmr.utils.instantiate import instantiate
@@ -57,3 +57,6 @@ def mine_main(cfg: DictConfig) -> None:
     meta = json.loads((dm.lists_dir / "lists.json").read_text())
     print(f"lists in {dm.lists_dir} ({time.perf_counter() - t0:.1f} s)")
     print(json.dumps(meta.get("stats", {}), indent=1)[:4000])
+    line = misses_line(meta)
+    if line:
+        print(line)

@@ -1193,6 +1193,25 @@ def _finished_file(
     return stats if isinstance(stats, dict) else None
 
 
+def misses_line(meta: dict[str, Any]) -> str | None:
+    """One line on the lists without a retrieved positive of a first-stage lists directory
+    (``lists.json`` contents): training lists dropped, val/test lists kept as misses; None for
+    the other strategies."""
+    stats = meta.get("stats", {})
+    if meta.get("params", {}).get("strategy") not in RANKED_STRATEGIES:
+        return None
+
+    def counts(key: str, train: bool) -> str:
+        found = [f"{n} {s[key]}" for n, s in stats.items() if n.endswith("_train") == train]
+        return ", ".join(found) or "none mined"
+
+    return (
+        f"positive not retrieved in the top {meta['params'].get('list_size')}: training lists "
+        f"dropped: {counts('lists_dropped_no_positive', True)}; val/test lists kept as misses: "
+        f"{counts('lists_without_positive', False)}"
+    )
+
+
 def read_lists_meta(lists_dir: str | Path) -> dict[str, Any]:
     """Read and check ``lists.json`` (the completion marker) of a lists directory."""
     path = Path(lists_dir) / "lists.json"
