@@ -24,7 +24,8 @@ negatives (``list_size`` L, default 51 = the paper's 50 negatives + 1; joint-spa
 
 - ``strategy="first_stage"``: each query's top L by the first-stage score (cosine of the store's
   embeddings) over its whole split gallery: the lists that the full-gallery protocol
-  (:mod:`xmr.metrics.full_gallery`, cosine first stage) re-ranks. Every relevant item of the
+  (:mod:`xmr.metrics.full_gallery`, cosine first stage) re-ranks (its ``top_k`` 50 = the first
+  50 of these 51). Every relevant item of the
   gallery may enter, each only by its cosine (in ``i2t`` all captions of the query image are
   relevant; ``i2t_positives`` plays no part).
 - ``strategy="pool"``: a random pool from the query's split, holding the query's positive(s)
@@ -52,7 +53,8 @@ padded at the end with candidate id -1 and label 0.
 
 Data hygiene is checked on every mined file before anything is written (:func:`check_lists`, the
 same rules as :func:`load_lists`): queries and candidates all from the file's split, label 1 iff
-relevant (so a sibling caption is never a negative), no duplicates, a positive in every list.
+relevant (so a sibling caption is never a negative), no duplicates, a positive in every list
+(``first_stage``/``pool``: in every training list).
 
 Query and positive selection (seeded, documented choice):
 
