@@ -4,7 +4,8 @@
     python benchmarks/bench_mining.py [--threads N] [--strategy first_stage] [--splits train,val,test]
 
 Each query ranks its whole split gallery by cosine (train: 29,000 captions x 29,000 images for
-t2i, 29,000 images x 145,000 captions for i2t; about 2.6 TFLOP in all) and keeps its top 51.
+t2i, 29,000 images x 145,000 captions for i2t; about 5.2 TFLOP of fp32 matmul in all) and keeps
+its top 51.
 The store is generated under ./data/synthetic-paper when missing (as `xmr synth
 data=synthetic_paper`). Prints figures and the load average; asserts nothing about time.
 """
