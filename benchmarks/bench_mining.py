@@ -94,7 +94,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     print(f"coverage (first-stage recall@51): {res['coverage']}")
     print(f"training lists dropped (positive not retrieved): {res['dropped']}")
-    out = {"mine_first_stage_s": res["seconds"], "mine_first_stage_rss_mib": res["peak_rss_mib"]}
+    out = {
+        f"mine_{args.strategy}_s": res["seconds"],
+        f"mine_{args.strategy}_rss_mib": res["peak_rss_mib"],
+    }
     print(json.dumps({k: round(v, 3) for k, v in out.items()}))
     return out
 

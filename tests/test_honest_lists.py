@@ -346,3 +346,32 @@ def test_misses_line(first_stage: Path) -> None:
     dropped = meta["stats"]["t2i_train"]["lists_dropped_no_positive"]
     assert line is not None and "\n" not in line and f"t2i_train {dropped}" in line
     assert mining.misses_line({**meta, "params": {"strategy": "hard"}}) is None
+
+
+@pytest.mark.parametrize("with_pool", [False, True])
+def test_first_stage_top_with_ties_equals_the_pessimistic_order_of_the_row(
+    with_pool: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many exact ties (candidates sharing 4 distinct vectors), ties spanning the top-k margin:
+    the result is the pessimistic top k of the whole row, columns in key order."""
+    gen = torch.Generator().manual_seed(0)
+    b, m, d, k = 40, 300, 8, 5
+    q = torch.randn(b, d, generator=gen)
+    c = torch.randn(4, d, generator=gen)[torch.randint(0, 4, (m,), generator=gen)]  # (M, D)
+    key = torch.randperm(m, generator=gen) * 3  # distinct keys, not the column order
+    start = torch.randint(0, m - 5, (b,), generator=gen)
+    count = torch.randint(1, 5, (b,), generator=gen)
+    real = torch.rand(b, m, generator=gen) < 0.5 if with_pool else None
+    whole_rows = []
+    monkeypatch.setattr(
+        mining, "pessimistic_topk", lambda *a: whole_rows.append(1) or pessimistic_topk(*a)
+    )
+    top, top_real = mining.first_stage_top(q, c, start, count, real, key, k)
+    assert whole_rows  # the ties span the margin: rows ranked whole
+    cols = key.argsort()
+    scores = (q @ c.T)[:, cols]
+    rel = (cols[None, :] >= start[:, None]) & (cols[None, :] < (start + count)[:, None])
+    mask = torch.ones_like(rel) if real is None else real[:, cols]
+    expected = cols[pessimistic_topk(scores.masked_fill(~mask, float("-inf")), rel, mask, k)]
+    assert torch.equal(top[top_real], expected[top_real])
+    assert top_real.all()
