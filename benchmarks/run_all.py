@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_mining  # noqa: E402
 import bench_paper  # noqa: E402
 import bench_step  # noqa: E402
 
@@ -27,6 +28,7 @@ def main() -> None:
     threads = ["--threads", str(args.threads)] if args.threads else []
     bench_step.main([*threads, *(["--quick"] if args.quick else [])])
     bench_paper.main([*threads, *(["--lists", "500", "--rss-batches", "20"] if args.quick else [])])
+    bench_mining.main(threads)
 
 
 if __name__ == "__main__":

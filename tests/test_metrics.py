@@ -384,6 +384,7 @@ def test_accumulator_keys_and_means() -> None:
         "mrr",
         "lists",
         "lists_without_positive",
+        "lists_missed",
     ]
     per_list = list_metrics(scores, labels, mask, (1, 5, 10), 10)
     n_without = int((~has_positive(labels, mask)).sum())

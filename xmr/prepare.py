@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from xmr.data.datamodule import prepare_store_and_lists
 from xmr.data.lists_probe import probe_lists, read_probe
-from xmr.data.mining import mine_lists
+from xmr.data.mining import mine_lists, misses_line
 from xmr.data.probe import probe_line, warn_leaks
 from xmr.data.store import FeatureStore
 from xmr.data.synth import synth_config, write_synthetic_store
@@ -67,3 +67,6 @@ def mine_main(cfg: DictConfig) -> None:
     if existed and not cfg.overwrite:
         warn_leaks(probe)
     print(probe_line(probe))
+    line = misses_line(meta)
+    if line:
+        print(line)

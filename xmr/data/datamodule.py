@@ -10,6 +10,9 @@ Pair features are gathered from the embedding tables at batch time — never a m
     query      (B,)              int64     query ids (text ids for t2i, image ids for i2t)
     candidates (B, L)            int64     candidate ids, -1 at padding
     direction  str               "t2i" or "i2t"
+    relevant_total (B,)          int64     only for lists of the first-stage strategies: items
+                                           relevant to the query in the set its list was ranked
+                                           from (a list without a positive is then a miss)
 
 Lists of one file share one length; lists of different files (or lists with padding) are padded
 with id -1 and masked. With ``direction: both`` the training loader yields
@@ -68,10 +71,12 @@ class PairGatherer:
         queries: Tensor,
         candidates: Tensor,
         labels: Tensor,
+        relevant_total: Tensor | None = None,
     ) -> None:
         self.direction = direction
         self.query_table, self.cand_table = query_table, cand_table  # (N_q, D_q), (N_c, D_c)
         self.queries, self.candidates, self.labels = queries, candidates, labels  # (Q,), (Q, L)
+        self.relevant_total = relevant_total  # (Q,) or None
 
     def __call__(self, idx: list[int]) -> dict[str, Any]:
         ix = torch.as_tensor(idx, dtype=torch.long)
@@ -83,7 +88,7 @@ class PairGatherer:
         c = c * mask.unsqueeze(-1)
         # No (B, L, D_q + D_c) pair array: rankers take q and c (``forward_split``); a scorer
         # that needs the concatenation builds it with :func:`pair_features`.
-        return {
+        batch = {
             "q": q,
             "c": c,
             "labels": self.labels[ix].float(),
@@ -92,6 +97,9 @@ class PairGatherer:
             "candidates": cid,
             "direction": self.direction,
         }
+        if self.relevant_total is not None:
+            batch["relevant_total"] = self.relevant_total[ix]  # (B,)
+        return batch
 
 
 class TrainPairGatherer:
@@ -210,6 +218,9 @@ class XMRDataModule(L.LightningDataModule):
                     torch.from_numpy(np.asarray(lists.queries[:n], dtype=np.int64)),
                     torch.from_numpy(np.asarray(lists.candidates[:n], dtype=np.int64)),
                     torch.from_numpy(np.asarray(lists.labels[:n], dtype=np.uint8)),
+                    None
+                    if lists.relevant_total is None
+                    else torch.from_numpy(np.asarray(lists.relevant_total[:n], dtype=np.int64)),
                 )
 
     # -- shapes --------------------------------------------------------------------------------
@@ -337,11 +348,19 @@ def train_order_seed(seed: int, direction: str) -> int:
 
 
 def mining_tag(mining: Mapping[str, Any]) -> str:
-    """A directory name that spells out the mining options, e.g. ``hard-p200-h50-t2i1-i2t1-s0``
-    (options not given take :data:`xmr.data.mining.MINING_DEFAULTS`)."""
+    """A directory name that spells out the mining options that shape the lists, e.g.
+    ``hard-p200-h50-t2i1-i2t1-s0``, ``first_stage-L51-t2i1-i2t1-s0`` or
+    ``pool-Ptest_gallery-L51-t2i1-i2t1-s0`` (options not given take
+    :data:`xmr.data.mining.MINING_DEFAULTS`)."""
     m = {**MINING_DEFAULTS, **mining}
+    if m["strategy"] == "first_stage":
+        shape = f"L{m['list_size']}"
+    elif m["strategy"] == "pool":
+        shape = f"P{m['pool_size']}-L{m['list_size']}"
+    else:
+        shape = f"p{m['pool']}-h{m['hard']}"
     return (
-        f"{m['strategy']}-p{m['pool']}-h{m['hard']}"
+        f"{m['strategy']}-{shape}"
         f"-t2i{m['t2i_captions_per_image']}-i2t{m['i2t_positives']}-s{m['seed']}"
     )
 

@@ -18,13 +18,43 @@ Mining, per query (paper, "Hard-negative lists"):
    ``joint_space`` store) or ``hard`` random ones (``strategy="random"``, any store).
 3. Add the positive(s), then shuffle each list so the positive has no fixed slot.
 
+The paper's positive is appended *after* selection by cosine, so a ranker can learn "the least
+similar candidate is the positive". Two constructions make the positive obey the rule of the
+negatives (``list_size`` L, default 51 = the paper's 50 negatives + 1; joint-space stores only):
+
+- ``strategy="first_stage"``: each query's top L by the first-stage score (cosine of the store's
+  embeddings) over its whole split gallery: the lists that the full-gallery protocol
+  (:mod:`xmr.metrics.full_gallery`, cosine first stage) re-ranks (its ``top_k`` 50 = the first
+  50 of these 51). Every relevant item of the
+  gallery may enter, each only by its cosine (in ``i2t`` all captions of the query image are
+  relevant; ``i2t_positives`` plays no part).
+- ``strategy="pool"``: a random pool from the query's split, holding the query's positive(s)
+  (``t2i``: its image; ``i2t``: ``i2t_positives`` captions of the image, the other captions
+  excluded as in ``hard``) plus ``pool_size`` minus that many random non-relevant items, and the
+  top L of that pool by the first-stage score. ``pool_size`` (key of its own: ``pool`` stays the
+  ``hard``/``random`` pool) is an int or ``"test_gallery"`` (default): the size of the test split's
+  gallery of the direction (``t2i``: test images; ``i2t``: test captions), so training lists are
+  drawn from pools as large as the gallery re-ranked at test time.
+
+In both the top L is taken in the pessimistic order of :mod:`xmr.metrics.ranking` (a relevant
+item tied with an irrelevant one loses the tie; equal score and label: lower candidate id first),
+and a list's positive is there only if the first stage retrieved it. A **training** list without
+a retrieved positive is dropped (``stats.lists_dropped_no_positive``); a **val/test** list without
+one is kept (``stats.lists_without_positive``) and counts as a miss in Recall@K: these files hold
+``relevant_total`` (Q,), the number of items relevant to the query in the ranked set (the split
+gallery for ``first_stage``, the pool for ``pool``), which the datamodule passes to the metrics
+(:func:`xmr.metrics.functional.list_metrics`). Lists are shuffled like those of ``hard``.
+``stats.coverage`` is the fraction of queries with a retrieved positive. Work is chunked: one
+(RNG_BLOCK, _GALLERY_CHUNK) block of scores at a time, never the image x caption matrix.
+
 Lists of one file share one length L, that of its longest list (``hard`` + the largest number of
 positives, unless every pool of the file is short); shorter lists (fewer captions, short pools) are
 padded at the end with candidate id -1 and label 0.
 
 Data hygiene is checked on every mined file before anything is written (:func:`check_lists`, the
 same rules as :func:`load_lists`): queries and candidates all from the file's split, label 1 iff
-relevant (so a sibling caption is never a negative), no duplicates, a positive in every list.
+relevant (so a sibling caption is never a negative), no duplicates, a positive in every list
+(``first_stage``/``pool``: in every training list).
 
 Query and positive selection (seeded, documented choice):
 
@@ -44,7 +74,8 @@ drawn from ``numpy.random.default_rng([seed, direction, split, stage, block])`` 
 depend on the constant ``RNG_BLOCK`` (recorded in ``lists.json`` as ``params.rng_block``).
 
 Output: a directory with ``{t2i,i2t}_{train,val,test}.npz`` (``queries`` (Q,) int64,
-``candidates`` (Q, L) int64, ``labels`` (Q, L) uint8) and ``lists.json`` (format ``xmr-lists/1``),
+``candidates`` (Q, L) int64, ``labels`` (Q, L) uint8; ``relevant_total`` (Q,) int64 for
+``first_stage`` and ``pool``) and ``lists.json`` (format ``xmr-lists/1``),
 written into a temporary sibling and renamed into place (``lists.json`` last).
 
 Resumable: the sibling is ``.<name>.partial/`` and keeps each finished file (and its stats) until
@@ -65,14 +96,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 
 from xmr.data.probe import probe_paths
 from xmr.data.store import DIRECTIONS, SPLITS, FeatureStore
+from xmr.metrics.ranking import pessimistic_order, pessimistic_topk
 from xmr.utils.io import atomic_write, atomic_write_text, publish_dir, resume_work_dir
 
 LISTS_FORMAT = "xmr-lists/1"
 SPLIT_CODES: dict[str, int] = dict(SPLITS)
-STRATEGIES: tuple[str, ...] = ("hard", "random")
+STRATEGIES: tuple[str, ...] = ("hard", "random", "first_stage", "pool")
+#: Strategies whose lists are the top ``list_size`` of a first-stage (cosine) ranking.
+RANKED_STRATEGIES: tuple[str, ...] = ("first_stage", "pool")
+#: ``pool_size`` value: the size of the test split's gallery of the direction.
+TEST_GALLERY = "test_gallery"
 #: The paper's mining settings, the defaults of :func:`mine_lists` and of the lists directory's
 #: name (:func:`xmr.data.datamodule.mining_tag`); conf/data/mining/default.yaml holds the same.
 MINING_DEFAULTS: dict[str, Any] = {
@@ -82,14 +119,22 @@ MINING_DEFAULTS: dict[str, Any] = {
     "i2t_positives": 1,
     "seed": 0,
     "strategy": "hard",
+    "list_size": 51,  # first_stage and pool: candidates kept per list
+    "pool_size": TEST_GALLERY,  # pool: the random pool (an int, or the test gallery's size)
 }
 RNG_BLOCK = 256  # queries per RNG stream (and per compute chunk); part of the output's definition
+_SAMPLED_STRATEGIES = ("hard", "random")  # mined by mine_arrays
 _DIRECTION_CODES = {"t2i": 0, "i2t": 1}
 _STAGE_SELECT, _STAGE_POOL = 0, 1
 # Pools are drawn by rejection of duplicates when every query has more than this many times
 # `pool` negatives; otherwise by the k smallest of per-candidate random keys (exact, O(B * n)).
 _REJECTION_FACTOR = 4
 _GATHER_CHUNK = 32  # queries per embedding gather (compute only; does not change the output)
+# First-stage top-L: torch.topk keeps L + this many per query; when the last kept score is below
+# the L-th, every candidate that can be among the first L is kept (exact; else the whole row).
+_TOPK_MARGIN = 16
+_UNIT_CHUNK = 8192  # rows per embedding conversion (compute only; does not change the output)
+_GALLERY_CHUNK = 8192  # gallery columns scored at once (compute only; does not change the output)
 _PARTIAL_FORMAT = "xmr-lists-partial/1"  # format of the resumable work directory's state.json
 _STATS_SUFFIX = ".stats.json"  # beside each finished file in the work directory
 
@@ -108,6 +153,9 @@ class CandidateLists:
         labels: (Q, L) uint8 — 1 relevant, 0 not (0 at padding).
         direction: "t2i" or "i2t".
         split: "train", "val" or "test".
+        relevant_total: (Q,) int64 — items relevant to each query in the set its list was ranked
+            from (``first_stage``, ``pool``); None when every list holds all of them (``hard``,
+            ``random``). A val/test list with no positive but ``relevant_total > 0`` is a miss.
     """
 
     queries: np.ndarray
@@ -115,6 +163,7 @@ class CandidateLists:
     labels: np.ndarray
     direction: str
     split: str
+    relevant_total: np.ndarray | None = None
 
     @property
     def num_lists(self) -> int:
@@ -279,8 +328,8 @@ def mine_arrays(
     Returns:
         :class:`MinedArrays`.
     """
-    if strategy not in STRATEGIES:
-        raise ListsError(f"strategy: must be one of {STRATEGIES}, got {strategy!r}")
+    if strategy not in _SAMPLED_STRATEGIES:
+        raise ListsError(f"strategy: must be one of {_SAMPLED_STRATEGIES}, got {strategy!r}")
     if not 1 <= hard <= pool:
         raise ListsError(f"hard/pool: need 1 <= hard <= pool, got hard={hard}, pool={pool}")
     q = problem.query_ids.shape[0]
@@ -337,6 +386,182 @@ def mine_arrays(
     )
 
 
+@dataclass(frozen=True)
+class RankedArrays:
+    """Result of :func:`mine_ranked` (one list per query, none dropped yet).
+
+    Attributes:
+        candidates: (Q, L) int64 global candidate ids, -1 = padding (always at the end of a row).
+        labels: (Q, L) uint8.
+        relevant_total: (Q,) int64 items relevant to each query in the set it was ranked from.
+        n_available: (Q,) int64 non-relevant items of the split each query could draw from.
+        n_pool: (Q,) int64 size of each query's ranked set (gallery or pool, positives included).
+    """
+
+    candidates: np.ndarray
+    labels: np.ndarray
+    relevant_total: np.ndarray
+    n_available: np.ndarray
+    n_pool: np.ndarray
+
+
+def first_stage_top(
+    q_emb: torch.Tensor,
+    c_emb: torch.Tensor,
+    excl_start: torch.Tensor,
+    excl_count: torch.Tensor,
+    real: torch.Tensor | None,
+    cand_key: torch.Tensor,
+    k: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``k`` candidates of each query by cosine, in the pessimistic order of
+    :func:`xmr.metrics.ranking.pessimistic_order` (input position taken as ``cand_key``).
+
+    Scores ``q_emb @ c_emb.T`` a ``_GALLERY_CHUNK``-column slice at a time (cache-sized; never the
+    whole (B, M) block) and keeps the best ``k + _TOPK_MARGIN`` of each row with ``torch.topk``.
+    Where the last kept score is below the k-th (or the row has no more real items than that),
+    they hold every candidate that can be among the first k (score >= the k-th, ties included):
+    they are sorted by ``cand_key`` and ordered by ``pessimistic_order``. A row where a tie at the
+    k-th score spans the margin goes through :func:`xmr.metrics.ranking.pessimistic_topk` whole,
+    columns in ``cand_key`` order. Either way the result is the pessimistic order of the row.
+
+    Args:
+        q_emb: (B, D) float32 unit query rows; c_emb: (M, D) float32 unit candidate rows.
+        excl_start, excl_count: (B,) int64 the row's relevant columns ``[start, start + count)``.
+        real: (B, M) bool, False = not in the row's ranked set (pool); None = all real.
+        cand_key: (M,) int64 distinct keys of the columns (global candidate ids): among equal
+            scores and labels the lower key first, as in the full-gallery protocol's gallery.
+        k: candidates kept (1 <= k <= M).
+
+    Returns:
+        top (B, k) int64 local indices best first, and top_real (B, k) bool (False = padding,
+        where the row's set has fewer than k items).
+    """
+    b, m = q_emb.shape[0], c_emb.shape[0]
+
+    def relevant(idx: torch.Tensor, rows: slice) -> torch.Tensor:  # (R, W) -> (R, W) bool
+        start = excl_start[rows, None]
+        return (idx >= start) & (idx < start + excl_count[rows, None])
+
+    kk = min(m, k + _TOPK_MARGIN)
+    part_vals, part_idx = [], []
+    for g0 in range(0, m, _GALLERY_CHUNK):
+        g1 = min(g0 + _GALLERY_CHUNK, m)
+        scores = q_emb @ c_emb[g0:g1].T  # (B, C)
+        if real is not None:
+            scores.masked_fill_(~real[:, g0:g1], float("-inf"))
+        v, i = torch.topk(scores, min(kk, g1 - g0), dim=1)
+        part_vals.append(v)
+        part_idx.append(i + g0)
+    # The best kk of the chunks' best kk are the row's best kk.
+    vals, pick = torch.topk(torch.cat(part_vals, dim=1), kk, dim=1)  # (B, KK), best first
+    idx = torch.cat(part_idx, dim=1).gather(1, pick)  # (B, KK)
+    n_real = real.sum(dim=1) if real is not None else torch.full((b,), m)
+    exact = (vals[:, kk - 1] < vals[:, k - 1]) | (n_real <= kk) | (kk == m)  # (B,)
+    by_key = cand_key[idx].argsort(dim=1)  # (B, KK)
+    idx, vals = idx.gather(1, by_key), vals.gather(1, by_key)
+    sub_real = torch.ones_like(idx, dtype=torch.bool) if real is None else real.gather(1, idx)
+    order = pessimistic_order(vals, relevant(idx, slice(None)), sub_real)[:, :k]  # (B, k)
+    top, top_real = idx.gather(1, order), sub_real.gather(1, order)
+    if not bool(exact.all()):
+        cols = cand_key.argsort()  # (M,) columns in key order
+        for r in torch.nonzero(~exact).flatten().tolist():
+            rows = slice(r, r + 1)
+            row = q_emb[rows] @ c_emb[cols].T  # (1, M)
+            row_real = torch.ones_like(row, dtype=torch.bool) if real is None else real[rows, cols]
+            row = row.masked_fill(~row_real, float("-inf"))
+            best = pessimistic_topk(row, relevant(cols[None, :], rows), row_real, k)[0]  # (k,)
+            top[r], top_real[r] = cols[best], row_real[0, best]
+    return top, top_real
+
+
+def mine_ranked(
+    problem: MiningProblem,
+    *,
+    list_size: int,
+    pool_size: int | None,
+    seed_key: Sequence[int],
+) -> RankedArrays:
+    """Lists of the first-stage strategies for one (direction, split) problem.
+
+    Per query: the ranked set is the whole gallery (``pool_size=None``: ``first_stage``) or a
+    pool of the positives plus ``pool_size`` minus their number items drawn as
+    :func:`sample_pools` draws among the non-relevant candidates (``pool``); keep its top
+    ``list_size`` by cosine (:func:`first_stage_top`); label 1 iff relevant; shuffle the real
+    entries; pad. Scores are held for (RNG_BLOCK, _GALLERY_CHUNK) at a time, never (Q, M); the
+    pool strategy adds a (RNG_BLOCK, M) bool membership mask.
+
+    Args:
+        problem: the task (needs embeddings).
+        list_size: candidates kept per list (>= 1; the gallery or pool when smaller).
+        pool_size: the pool (>= 1), or None for the whole gallery.
+        seed_key: ints that, with the block index, seed each block's generator.
+
+    Returns:
+        :class:`RankedArrays`; a list may hold no positive (the first stage missed it).
+    """
+    if problem.query_emb is None or problem.cand_emb is None:
+        raise ListsError("the first-stage strategies need query and candidate embeddings")
+    q = problem.query_ids.shape[0]
+    m = problem.cand_ids.shape[0]
+    positives = problem.positives  # (Q, P)
+    n_pos = (positives >= 0).sum(axis=1).astype(np.int64)  # (Q,)
+    n_available = (m - problem.excl_count).astype(np.int64)  # (Q,)
+    k = max(1, min(int(list_size), m))
+    q_emb = torch.from_numpy(np.ascontiguousarray(problem.query_emb, dtype=np.float32))
+    c_emb = torch.from_numpy(np.ascontiguousarray(problem.cand_emb, dtype=np.float32))
+    cand_key = torch.from_numpy(np.ascontiguousarray(problem.cand_ids, dtype=np.int64))
+    ex_s_all = torch.from_numpy(np.ascontiguousarray(problem.excl_start, dtype=np.int64))
+    ex_c_all = torch.from_numpy(np.ascontiguousarray(problem.excl_count, dtype=np.int64))
+    cand_local = np.full((q, k), -1, dtype=np.int64)  # (Q, L)
+    is_pos = np.zeros((q, k), dtype=bool)
+    if pool_size is None:
+        relevant_total = problem.excl_count.astype(np.int64)
+        n_pool = np.full(q, m, dtype=np.int64)
+    else:
+        relevant_total = n_pos
+        n_pool = n_pos + np.minimum(np.maximum(pool_size - n_pos, 0), n_available)
+    for blk, start in enumerate(range(0, q, RNG_BLOCK)):
+        stop = min(start + RNG_BLOCK, q)
+        rng = np.random.default_rng([*seed_key, blk])
+        real = None
+        if pool_size is not None:
+            draws = sample_pools(rng, n_available[start:stop], pool_size)  # (B, pool_size)
+            # The first (pool_size - positives) draws of a row are a uniform subset as well.
+            n_draw = np.maximum(pool_size - n_pos[start:stop], 0)[:, None]
+            valid = (draws >= 0) & (np.arange(pool_size)[None, :] < n_draw)
+            ex_s = problem.excl_start[start:stop, None]
+            ex_c = problem.excl_count[start:stop, None]
+            members = np.where(valid & (draws >= ex_s), draws + ex_c, draws)  # (B, pool) local
+            members = np.concatenate(
+                [np.where(valid, members, -1), positives[start:stop]], axis=1
+            )  # (B, pool + P)
+            rows, cols = np.nonzero(members >= 0)
+            real = torch.zeros((stop - start, m), dtype=torch.bool)  # (B, M) pool members
+            real[torch.from_numpy(rows), torch.from_numpy(members[rows, cols])] = True
+        top, top_real = first_stage_top(
+            q_emb[start:stop], c_emb, ex_s_all[start:stop], ex_c_all[start:stop], real, cand_key, k
+        )
+        row = np.where(top_real.numpy(), top.numpy(), -1)  # (B, L) local ids
+        start_b = problem.excl_start[start:stop, None]
+        pos = (row >= start_b) & (row < start_b + problem.excl_count[start:stop, None])
+        # Shuffle the real entries of each row; padding sorts to the end.
+        keys = rng.random(row.shape)
+        keys[row < 0] = 2.0
+        perm = np.argsort(keys, axis=1, kind="stable")
+        cand_local[start:stop] = np.take_along_axis(row, perm, axis=1)
+        is_pos[start:stop] = np.take_along_axis(pos, perm, axis=1)
+    real_all = cand_local >= 0
+    candidates = np.where(real_all, problem.cand_ids[np.maximum(cand_local, 0)], -1)
+    return RankedArrays(
+        candidates=np.ascontiguousarray(candidates, dtype=np.int64),
+        labels=is_pos.astype(np.uint8),
+        relevant_total=relevant_total,
+        n_available=n_available,
+        n_pool=n_pool.astype(np.int64),
+    )
+
+
 def _select_per_group(
     group: np.ndarray, k: int | None, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -362,11 +587,15 @@ def _select_per_group(
     return rank, keep
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    """float32 copy with L2-normalised rows (the store's float16 rows are only nearly unit)."""
-    out = np.array(x, dtype=np.float32)  # one converting copy (x may be a float16 gather)
-    norms = np.linalg.norm(out, axis=1, keepdims=True)
-    out /= np.maximum(norms, 1e-12)
+def _unit_rows(x: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """float32 copy of rows ``ids`` of ``x`` with L2-normalised rows (the store's float16 rows are
+    only nearly unit). Row chunks of ``_UNIT_CHUNK``: memory is the (N, D) result alone (each
+    row's norm and quotient do not depend on the chunking)."""
+    out = np.empty((ids.shape[0], x.shape[1]), dtype=np.float32)  # (N, D)
+    for s in range(0, ids.shape[0], _UNIT_CHUNK):
+        chunk = out[s : s + _UNIT_CHUNK]
+        chunk[...] = x[ids[s : s + _UNIT_CHUNK]]  # exact float16 -> float32 conversion
+        chunk /= np.maximum(np.linalg.norm(chunk, axis=1, keepdims=True), 1e-12)
     return out
 
 
@@ -410,7 +639,7 @@ def build_problem(
     with_emb = image_emb is not None and text_emb is not None
 
     def unit_rows(arr: np.ndarray | None, ids: np.ndarray) -> np.ndarray | None:
-        return _unit_rows(arr[ids]) if with_emb and arr is not None else None
+        return _unit_rows(arr, ids) if with_emb and arr is not None else None
 
     if direction == "t2i":
         _, keep = _select_per_group(group_of, t2i_captions_per_image, rng)
@@ -463,11 +692,15 @@ def check_lists(
     """Check every invariant of one lists file; raise :class:`ListsError` naming ``where``.
 
     Rules: array shapes agree; dtypes; labels in {0, 1}; candidate ids >= -1 and padding (-1) only
-    with label 0; no duplicate candidate within a list; at least one positive per list; no
-    duplicate query. With the store's ``text_image`` and ``image_split``: query and candidate ids
-    in range; every query and candidate in the file's split; label 1 iff the candidate is relevant.
+    with label 0; no duplicate candidate within a list; at least one positive per list (with
+    ``relevant_total``: per training list; a val/test list may hold none, a miss); no duplicate
+    query; ``relevant_total`` (when present) (Q,) integer, >= 1 and >= the list's positives. With
+    the store's ``text_image`` and ``image_split``: query and candidate ids in range; every query
+    and candidate in the file's split; label 1 iff the candidate is relevant; ``relevant_total``
+    at most the query's relevant items in the split.
     """
     qs, cands, labels = lists.queries, lists.candidates, lists.labels
+    total = lists.relevant_total
 
     def fail(rule: str) -> None:
         raise ListsError(f"{where}: {rule}")
@@ -499,9 +732,24 @@ def check_lists(
         if (srt[:, 1:] == srt[:, :-1]).any():
             bad = int(np.flatnonzero((srt[:, 1:] == srt[:, :-1]).any(axis=1))[0])
             fail(f"list {bad} (query {int(qs[bad])}) has a duplicate candidate")
-    if qs.size and not (labels.astype(bool).any(axis=1)).all():
+    if total is not None:
+        if total.shape != qs.shape or total.dtype.kind not in "iu":
+            fail(f"relevant_total must be integer (Q,), got {total.dtype} {total.shape}")
+        if total.size and total.min() < 1:
+            fail("relevant_total: every query needs at least one relevant item")
+        if (labels.astype(np.int64).sum(axis=1) > total).any():
+            fail("relevant_total: a list holds more positives than its relevant_total")
+    if (
+        qs.size
+        and not (labels.astype(bool).any(axis=1)).all()
+        and (total is None or lists.split == "train")
+    ):
         bad = int(np.flatnonzero(~labels.astype(bool).any(axis=1))[0])
-        fail(f"every list needs at least one positive; list {bad} (query {int(qs[bad])}) has none")
+        why = "" if total is None else " (training lists without a retrieved positive are dropped)"
+        fail(
+            f"every list needs at least one positive{why}; list {bad} (query {int(qs[bad])}) "
+            "has none"
+        )
     if np.unique(qs).size != qs.size:
         fail("queries must be distinct")
     if text_image is None or image_split is None:
@@ -527,6 +775,18 @@ def check_lists(
             f"a candidate is not from split {lists.split!r} (rule: each split is mined within itself)"
         )
     relevant &= ~pad
+    if total is not None and total.size:
+        in_split = (
+            np.ones(qs.shape, dtype=np.int64)
+            if lists.direction == "t2i"
+            else np.bincount(text_image, minlength=n_img)[qs]
+        )
+        if (total > in_split).any():
+            r = int(np.flatnonzero(total > in_split)[0])
+            fail(
+                f"list {r} (query {int(qs[r])}): relevant_total {int(total[r])} exceeds the "
+                f"query's relevant items in the split ({int(in_split[r])})"
+            )
     if (relevant != labels.astype(bool)).any():
         r, c = (int(v[0]) for v in np.nonzero(relevant != labels.astype(bool)))
         fail(
@@ -603,6 +863,8 @@ def mine_lists(
     i2t_positives: int | Literal["all"] = MINING_DEFAULTS["i2t_positives"],
     seed: int = MINING_DEFAULTS["seed"],
     strategy: str = MINING_DEFAULTS["strategy"],
+    list_size: int = MINING_DEFAULTS["list_size"],
+    pool_size: int | str = MINING_DEFAULTS["pool_size"],
     splits: Sequence[str] = ("train", "val", "test"),
     overwrite: bool = False,
     verbose: bool = False,
@@ -615,12 +877,18 @@ def mine_lists(
     Args:
         store: an opened :class:`xmr.data.store.FeatureStore`.
         out_dir: the lists directory to create (written atomically via a temporary sibling).
-        pool: random candidates drawn per query (all available when fewer exist).
-        hard: negatives kept per list (1 <= hard <= pool).
+        pool: random candidates drawn per query (all available when fewer exist); ``hard`` and
+            ``random`` only.
+        hard: negatives kept per list (1 <= hard <= pool); ``hard`` and ``random`` only.
         t2i_captions_per_image: t2i queries per image (int, seeded-random captions) or "all".
         i2t_positives: positives per i2t list (int, seeded-random captions) or "all".
         seed: the seed; the output is a deterministic function of it.
-        strategy: "hard" (top cosine; needs ``store.joint_space``) or "random".
+        strategy: "hard" (top cosine; needs ``store.joint_space``), "random", "first_stage" or
+            "pool" (first-stage lists; need ``store.joint_space``; module docstring).
+        list_size: candidates per list of ``first_stage`` and ``pool`` (>= 1; default 51, the
+            paper's length); not used by ``hard`` and ``random``.
+        pool_size: the pool of ``pool``: an int >= 1 or "test_gallery" (the number of test
+            images for t2i, of test captions for i2t); not used by the other strategies.
         splits: which splits to mine.
         overwrite: replace an existing lists directory (only one holding ``lists.json``).
         verbose: print one timing line per file.
@@ -629,7 +897,8 @@ def mine_lists(
         The lists directory.
 
     Raises:
-        ListsError: bad parameters, or ``strategy="hard"`` on a store that is not a joint space.
+        ListsError: bad parameters, or a cosine strategy (``hard``, ``first_stage``, ``pool``) on
+            a store that is not a joint space.
         FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
     """
     out_dir = Path(out_dir).resolve()
@@ -642,16 +911,35 @@ def mine_lists(
         raise ListsError(f"seed: must be >= 0, got {seed}")
     if not 1 <= hard <= pool:
         raise ListsError(f"hard/pool: need 1 <= hard <= pool, got hard={hard}, pool={pool}")
+    ranked = strategy in RANKED_STRATEGIES
+    if ranked:
+        if isinstance(list_size, bool) or not isinstance(list_size, (int, np.integer)):
+            raise ListsError(f"list_size: must be an int >= 1, got {list_size!r}")
+        if list_size < 1:
+            raise ListsError(f"list_size: must be >= 1, got {list_size}")
+        if pool_size != TEST_GALLERY and (
+            isinstance(pool_size, bool)
+            or not isinstance(pool_size, (int, np.integer))
+            or pool_size < 1
+        ):
+            raise ListsError(
+                f"pool_size: must be an int >= 1 or {TEST_GALLERY!r}, got {pool_size!r}"
+            )
     k_t2i = _parse_count("t2i_captions_per_image", t2i_captions_per_image)
     k_i2t = _parse_count("i2t_positives", i2t_positives)
     splits = tuple(splits)
     if not splits or len(set(splits)) != len(splits) or not set(splits) <= set(SPLIT_CODES):
         raise ListsError(f"splits: must be distinct names from {tuple(SPLIT_CODES)}, got {splits}")
-    if strategy == "hard":
+    if strategy in ("hard", *RANKED_STRATEGIES):
         if not store.joint_space:
+            what = (
+                "hard negatives cannot be mined"
+                if strategy == "hard"
+                else f"there is no first stage for strategy={strategy!r}"
+            )
             raise ListsError(
                 f"{store.root}/manifest.json: joint_space is false, so image-text cosine is "
-                "meaningless and hard negatives cannot be mined; use strategy='random'"
+                f"meaningless and {what}; use strategy='random'"
             )
         if store.image_dim != store.text_dim:
             raise ListsError(
@@ -671,8 +959,8 @@ def mine_lists(
 
     text_image = np.asarray(store.text_image, dtype=np.int64)
     image_split = np.asarray(store.image_split)
-    use_emb = strategy == "hard"
-    params = {
+    use_emb = strategy != "random"
+    params: dict[str, Any] = {
         "pool": int(pool),
         "hard": int(hard),
         "t2i_captions_per_image": t2i_captions_per_image,
@@ -682,6 +970,14 @@ def mine_lists(
         "directions": list(DIRECTIONS),
         "rng_block": RNG_BLOCK,
     }
+    pools: dict[str, int | None] = dict.fromkeys(DIRECTIONS)  # the pool strategy's pool
+    if ranked:
+        # Only the first-stage strategies record these, so hard/random lists.json stay as they are.
+        params["list_size"] = int(list_size)
+        if strategy == "pool":
+            params["pool_size"] = pool_size if pool_size == TEST_GALLERY else int(pool_size)
+            pools = {d: _resolve_pool_size(store, d, pool_size) for d in DIRECTIONS}
+            params["pool_size_resolved"] = dict(pools)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     fingerprint = store.fingerprint()
     key = {
@@ -719,6 +1015,30 @@ def mine_lists(
                     image_emb=store.image_emb if use_emb else None,
                     text_emb=store.text_emb if use_emb else None,
                 )
+                if ranked:
+                    lists, s = _mine_ranked_file(
+                        problem,
+                        direction,
+                        split,
+                        list_size=int(list_size),
+                        pool_size=pools[direction],
+                        seed_key=(seed, dcode, code, _STAGE_POOL),
+                        skipped=skipped,
+                    )
+                    check_lists(
+                        lists,
+                        where=f"{name} (just mined)",
+                        text_image=text_image,
+                        image_split=image_split,
+                    )
+                    _publish_file(tmp, name, lists, s)
+                    stats[name.removesuffix(".npz")] = s
+                    if verbose:
+                        print(
+                            f"mined {name}: {s['num_lists']} lists x {s['list_length']} "
+                            f"in {time.perf_counter() - t0:.2f}s"
+                        )
+                    continue
                 mined = mine_arrays(
                     problem,
                     pool=pool,
@@ -748,14 +1068,7 @@ def mine_lists(
                 if s["lists_with_extra_positives"]:  # pragma: no cover - internal bug
                     raise AssertionError(f"{name}: a relevant item entered through the pool")
                 stats[name.removesuffix(".npz")] = s
-                arrays = {
-                    "queries": lists.queries,
-                    "candidates": lists.candidates,
-                    "labels": lists.labels,
-                }
-                atomic_write(tmp / name, lambda path, arrays=arrays: _write_npz(path, arrays))
-                # The stats file marks the file finished (written after it, atomically).
-                atomic_write_text(tmp / f"{name}{_STATS_SUFFIX}", json.dumps(s, indent=1) + "\n")
+                _publish_file(tmp, name, lists, s)
                 if verbose:
                     print(
                         f"mined {name}: {s['num_lists']} lists x {s['list_length']} "
@@ -784,6 +1097,84 @@ def mine_lists(
     return out_dir
 
 
+def _publish_file(tmp: Path, name: str, lists: CandidateLists, stats: dict[str, Any]) -> None:
+    """Write one finished file and then its stats file (the mark that it is finished)."""
+    arrays = {"queries": lists.queries, "candidates": lists.candidates, "labels": lists.labels}
+    if lists.relevant_total is not None:
+        arrays["relevant_total"] = lists.relevant_total
+    atomic_write(tmp / name, lambda path: _write_npz(path, arrays))
+    atomic_write_text(tmp / f"{name}{_STATS_SUFFIX}", json.dumps(stats, indent=1) + "\n")
+
+
+def _resolve_pool_size(store: FeatureStore, direction: str, pool_size: int | str) -> int:
+    """``pool_size`` as an int: ``"test_gallery"`` is the test split's gallery of ``direction``
+    (t2i: its images; i2t: its captions)."""
+    if pool_size != TEST_GALLERY:
+        return int(pool_size)
+    n = len(store.split_image_ids("test") if direction == "t2i" else store.split_text_ids("test"))
+    if n < 1:
+        raise ListsError(
+            f"pool_size={TEST_GALLERY!r}: {store.root} has an empty test split, so there is no "
+            "test gallery to size the pools after; give pool_size as an int"
+        )
+    return n
+
+
+def _mine_ranked_file(
+    problem: MiningProblem,
+    direction: str,
+    split: str,
+    *,
+    list_size: int,
+    pool_size: int | None,
+    seed_key: Sequence[int],
+    skipped: int,
+) -> tuple[CandidateLists, dict[str, Any]]:
+    """One file of a first-stage strategy: mine, drop the training lists without a retrieved
+    positive (val/test keep them: misses), trim padding; the file's lists and stats."""
+    mined = mine_ranked(problem, list_size=list_size, pool_size=pool_size, seed_key=seed_key)
+    retrieved = mined.labels.astype(bool).any(axis=1)  # (Q,)
+    keep = retrieved if split == "train" else np.ones_like(retrieved)
+    cands, labels = mined.candidates[keep], mined.labels[keep]
+    real = cands >= 0
+    n_real = real.sum(axis=1)
+    length = int(n_real.max()) if n_real.size else mined.candidates.shape[1]
+    lists = CandidateLists(
+        np.ascontiguousarray(problem.query_ids[keep]),
+        np.ascontiguousarray(cands[:, :length]),
+        np.ascontiguousarray(labels[:, :length]),
+        direction,
+        split,
+        relevant_total=np.ascontiguousarray(mined.relevant_total[keep]),
+    )
+    n_pos = labels.sum(axis=1).astype(np.int64)
+    stats = {
+        "num_lists": int(keep.sum()),
+        "list_length": int(length),
+        "queries": int(retrieved.size),
+        # First-stage recall@list_size: queries whose list holds a relevant item.
+        "coverage": round(float(retrieved.mean()), 4) if retrieved.size else 0.0,
+        "lists_dropped_no_positive": int((~retrieved).sum()) if split == "train" else 0,
+        "lists_without_positive": 0 if split == "train" else int((~retrieved).sum()),
+        "positives_per_list": _mmm(n_pos),
+        "lists_with_multiple_positives": int((n_pos > 1).sum()),
+        "relevant_total": _mmm(lists.relevant_total),
+        "negatives_per_list": _mmm(n_real - n_pos),
+        "pool_size": pool_size,
+        "ranked_set": _mmm(mined.n_pool),
+        "short_pools": 0 if pool_size is None else int((mined.n_available < pool_size).sum()),
+        "padded_lists": int((n_real < length).sum()),
+        "queries_skipped_no_caption": skipped,
+    }
+    return lists, stats
+
+
+def _mmm(x: np.ndarray) -> dict[str, float]:
+    if x.size == 0:
+        return {"min": 0, "mean": 0.0, "max": 0}
+    return {"min": int(x.min()), "mean": round(float(x.mean()), 4), "max": int(x.max())}
+
+
 def _finished_file(
     tmp: Path, name: str, text_image: np.ndarray, image_split: np.ndarray
 ) -> dict[str, Any] | None:
@@ -795,11 +1186,37 @@ def _finished_file(
     try:
         stats = json.loads(stats_path.read_text(encoding="utf-8"))
         with np.load(path, allow_pickle=False) as z:
-            lists = CandidateLists(z["queries"], z["candidates"], z["labels"], direction, split)
+            lists = CandidateLists(
+                z["queries"],
+                z["candidates"],
+                z["labels"],
+                direction,
+                split,
+                relevant_total=z["relevant_total"] if "relevant_total" in z.files else None,
+            )
         check_lists(lists, where=str(path), text_image=text_image, image_split=image_split)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         return None  # damaged: mine it again
     return stats if isinstance(stats, dict) else None
+
+
+def misses_line(meta: dict[str, Any]) -> str | None:
+    """One line on the lists without a retrieved positive of a first-stage lists directory
+    (``lists.json`` contents): training lists dropped, val/test lists kept as misses; None for
+    the other strategies."""
+    stats = meta.get("stats", {})
+    if meta.get("params", {}).get("strategy") not in RANKED_STRATEGIES:
+        return None
+
+    def counts(key: str, train: bool) -> str:
+        found = [f"{n} {s[key]}" for n, s in stats.items() if n.endswith("_train") == train]
+        return ", ".join(found) or "none mined"
+
+    return (
+        f"positive not retrieved in the top {meta['params'].get('list_size')}: training lists "
+        f"dropped: {counts('lists_dropped_no_positive', True)}; val/test lists kept as misses: "
+        f"{counts('lists_without_positive', False)}"
+    )
 
 
 def read_lists_meta(lists_dir: str | Path) -> dict[str, Any]:
@@ -861,6 +1278,7 @@ def load_lists(
                 labels=z["labels"],
                 direction=direction,
                 split=split,
+                relevant_total=z["relevant_total"] if "relevant_total" in z.files else None,
             )
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         if isinstance(e, ListsError):

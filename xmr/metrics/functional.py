@@ -24,6 +24,14 @@ Lists with no relevant real item have no defined recall / nDCG / MRR: those entr
 (:class:`xmr.metrics.retrieval.ListRetrievalMetrics`) exclude them from every average and count
 them as ``lists_without_positive``.
 
+**Missed lists.** A list cut from a larger ranking (xmr's ``first_stage`` and ``pool`` lists) may
+lack a relevant item that exists: :func:`list_metrics` then takes ``relevant_total (B,)``, the
+number of items relevant to each query in the set the list was cut from. A list with no relevant
+real candidate but ``relevant_total > 0`` is a **miss**: 0 for every metric (not NaN), so it
+enters the averages (counted as ``lists_missed``); a list with ``relevant_total == 0`` stays NaN.
+found@K then divides by ``max(relevant_total, relevant items in the list)``; nDCG and MRR are
+measured within the list.
+
 A cut-off ``k`` larger than the number of real items in a list is valid: the cut then keeps the
 whole list (e.g. hit@K is 1 for every list that has a relevant item). ``k < 1`` raises
 ``ValueError``.
@@ -63,6 +71,7 @@ __all__ = [
     "check_k",
     "has_positive",
     "list_metrics",
+    "missed_lists",
     "mrr",
     "ndcg_at_k",
     "ranks_of",
@@ -142,6 +151,17 @@ def has_positive(labels: Tensor, mask: Tensor) -> Tensor:
             f"labels shape {tuple(labels.shape)} must equal mask shape {tuple(mask.shape)}"
         )
     return _relevant(labels, mask).any(dim=1)
+
+
+def missed_lists(labels: Tensor, mask: Tensor, relevant_total: Tensor) -> Tensor:
+    """``(B,)`` bool: lists with no relevant real candidate although ``relevant_total (B,)``
+    relevant items exist for their query (see "Missed lists" in the module docstring)."""
+    if relevant_total.shape != labels.shape[:1]:
+        raise ValueError(
+            f"relevant_total shape {tuple(relevant_total.shape)} must be (B,) = "
+            f"({labels.shape[0]},)"
+        )
+    return ~has_positive(labels, mask) & (relevant_total.to(labels.device) > 0)
 
 
 def _out_dtype(scores: Tensor) -> torch.dtype:
@@ -230,12 +250,20 @@ def list_metrics(
     mask: Tensor,
     ks: Sequence[int] = (1, 5, 10),
     ndcg_k: int = 10,
+    relevant_total: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """All per-list metrics at once, ranking each list a single time.
 
+    Args:
+        relevant_total: optional ``(B,)`` integer count of the items relevant to each query in
+            the set its list was cut from; with it a list without a relevant real candidate but
+            ``relevant_total > 0`` is a miss (0, not NaN) and found@K divides by
+            ``max(relevant_total, relevant items in the list)`` ("Missed lists" above).
+
     Returns:
         ``{"recall@K": hit@K, "recall_found@K": found@K (for each K in ks), "ndcg@{ndcg_k}",
-        "mrr"}``, each ``(B,)`` with NaN for lists without a relevant real candidate.
+        "mrr"}``, each ``(B,)`` with NaN for lists without a relevant real candidate (that are
+        not misses).
     """
     for k in ks:
         check_k(k, "ks entry")
@@ -249,4 +277,13 @@ def list_metrics(
         out[f"recall_found@{k}"] = ranked_recall_at_k(ranked_relevant, k, "found", dtype)
     out[f"ndcg@{ndcg_k}"] = _ndcg(ranks, relevant, labels, ndcg_k, dtype)
     out["mrr"] = _mrr(ranks, relevant, None, dtype)
+    if relevant_total is not None:
+        missed = missed_lists(labels, mask, relevant_total)  # (B,)
+        out = {key: v.masked_fill(missed, 0.0) for key, v in out.items()}
+        n_in = relevant.sum(dim=1)  # (B,)
+        total = torch.maximum(relevant_total.to(n_in.device), n_in)  # (B,)
+        for k in ks:
+            found = out[f"recall_found@{k}"]
+            scaled = found * n_in.to(dtype) / total.clamp_min(1).to(dtype)
+            out[f"recall_found@{k}"] = torch.where(n_in < total, scaled, found)
     return out

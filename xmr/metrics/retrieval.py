@@ -4,7 +4,9 @@
 ``dist_reduce_fx="sum"``, so the value is the same whether the lists arrive in one batch, in many
 ``update`` calls, or split across DDP processes (states are summed before ``compute``). Each
 reported value is the mean over lists that have at least one relevant real candidate; the other
-lists are counted in ``lists_without_positive`` and enter no average. Ties break pessimistically
+lists are counted in ``lists_without_positive`` and enter no average. With ``relevant_total``
+(lists cut from a larger ranking), a list whose relevant items all stayed outside it is a miss:
+it scores 0, enters the averages and is counted in ``lists_missed``. Ties break pessimistically
 and padding is never ranked (see :mod:`xmr.metrics.functional`).
 """
 
@@ -16,7 +18,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from xmr.metrics.functional import check_inputs, check_k, list_metrics
+from xmr.metrics.functional import check_inputs, check_k, list_metrics, missed_lists
 
 __all__ = ["ListRetrievalMetrics"]
 
@@ -29,7 +31,8 @@ class ListRetrievalMetrics(Metric):
         {"recall@K": mean hit@K (cross-modal standard), for K in ks,
          "recall_found@K": mean found@K (the paper's eq. 5), for K in ks,
          "ndcg@{ndcg_k}": mean nDCG, "mrr": mean reciprocal rank,
-         "lists": number of lists seen, "lists_without_positive": lists excluded from the means}
+         "lists": number of lists seen, "lists_without_positive": lists excluded from the means,
+         "lists_missed": lists that scored 0 because their relevant items were not in them}
 
     Means are float32 tensors (summed in float64), NaN while no list with a positive has been
     seen. Counts are int64 tensors.
@@ -49,6 +52,7 @@ class ListRetrievalMetrics(Metric):
     mrr_sum: Tensor
     lists: Tensor
     lists_without_positive: Tensor
+    lists_missed: Tensor
 
     def __init__(self, ks: Sequence[int] = (1, 5, 10), ndcg_k: int = 10, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -72,13 +76,19 @@ class ListRetrievalMetrics(Metric):
         count = torch.tensor(0, dtype=torch.int64)
         self.add_state("lists", default=count.clone(), dist_reduce_fx="sum")
         self.add_state("lists_without_positive", default=count.clone(), dist_reduce_fx="sum")
+        self.add_state("lists_missed", default=count.clone(), dist_reduce_fx="sum")
 
-    def update(self, scores: Tensor, labels: Tensor, mask: Tensor) -> None:
-        """Add a batch of lists: ``scores``/``labels``/``mask`` ``(B, L)``, mask True = real."""
+    def update(
+        self, scores: Tensor, labels: Tensor, mask: Tensor, relevant_total: Tensor | None = None
+    ) -> None:
+        """Add a batch of lists: ``scores``/``labels``/``mask`` ``(B, L)``, mask True = real;
+        ``relevant_total`` ``(B,)`` optional (see :func:`xmr.metrics.functional.list_metrics`)."""
         check_inputs(scores, labels, mask)
         per_list = list_metrics(
-            scores.detach().to(torch.float64), labels, mask, self.ks, self.ndcg_k
-        )  # each (B,), NaN where a list has no positive
+            scores.detach().to(torch.float64), labels, mask, self.ks, self.ndcg_k, relevant_total
+        )  # each (B,), NaN where a list has no positive and is no miss
+        if relevant_total is not None:
+            self.lists_missed += missed_lists(labels, mask, relevant_total).sum()
         valid = ~torch.isnan(per_list["mrr"])  # (B,)
 
         def total(values: Tensor) -> Tensor:
@@ -104,4 +114,5 @@ class ListRetrievalMetrics(Metric):
         out["mrr"] = (self.mrr_sum / n_valid).float()
         out["lists"] = self.lists.clone()
         out["lists_without_positive"] = self.lists_without_positive.clone()
+        out["lists_missed"] = self.lists_missed.clone()
         return out

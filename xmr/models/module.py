@@ -176,7 +176,8 @@ class RankingModule(L.LightningModule):
         direction = batch["direction"]
         scores = self.score(batch)
         labels, mask = batch["labels"], batch["mask"]
-        self.metrics[f"{stage}_{direction}"].update(scores, labels, mask)
+        relevant_total = batch.get("relevant_total")  # (B,) or None; see xmr.data.datamodule
+        self.metrics[f"{stage}_{direction}"].update(scores, labels, mask, relevant_total)
         if self.loss_fn is not None:
             self.log(
                 f"{stage}/{direction}/loss",
@@ -189,18 +190,17 @@ class RankingModule(L.LightningModule):
             )
         if stage == "test" and self.collect_predictions:
             order = pessimistic_order(scores, labels, mask)  # (B, L), padding last
-            self._pred_parts.setdefault(direction, []).append(
-                {
-                    "query": batch["query"].cpu().numpy(),
-                    "candidates": torch.gather(batch["candidates"], 1, order).cpu().numpy(),
-                    "scores": torch.gather(
-                        scores.float().masked_fill(~mask, float("nan")), 1, order
-                    )
-                    .cpu()
-                    .numpy(),
-                    "labels": torch.gather(labels, 1, order).to(torch.uint8).cpu().numpy(),
-                }
-            )
+            part = {
+                "query": batch["query"].cpu().numpy(),
+                "candidates": torch.gather(batch["candidates"], 1, order).cpu().numpy(),
+                "scores": torch.gather(scores.float().masked_fill(~mask, float("nan")), 1, order)
+                .cpu()
+                .numpy(),
+                "labels": torch.gather(labels, 1, order).to(torch.uint8).cpu().numpy(),
+            }
+            if relevant_total is not None:  # DDP: the test metrics are recomputed from parts
+                part["relevant_total"] = relevant_total.cpu().numpy()
+            self._pred_parts.setdefault(direction, []).append(part)
 
     def validation_step(
         self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0
@@ -265,7 +265,8 @@ class RankingModule(L.LightningModule):
             scores = torch.from_numpy(arrays["scores"]).to(self.device)  # (Q, L)
             mask = torch.from_numpy(arrays["candidates"] >= 0).to(self.device)  # (Q, L)
             labels = torch.from_numpy(arrays["labels"].astype(np.float32)).to(self.device)
-            metric.update(scores, labels, mask)
+            total = arrays.get("relevant_total")
+            metric.update(scores, labels, mask, None if total is None else torch.from_numpy(total))
             metric.sync_on_compute = False  # every rank holds all lists now
             metric._to_sync = False
 

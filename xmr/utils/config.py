@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from xmr.data.mining import MINING_DEFAULTS
+from xmr.data.mining import MINING_DEFAULTS, RANKED_STRATEGIES, STRATEGIES, TEST_GALLERY
 from xmr.models.scorer import scorer_kind
 from xmr.utils.instantiate import ConfigError, check_targets
 
@@ -30,6 +30,9 @@ def validate_config(cfg: DictConfig) -> None:
     if data.get("direction") not in ("t2i", "i2t", "both"):
         raise ConfigError(f"data.direction={data.get('direction')!r}: one of t2i, i2t, both")
     mining = data.get("mining") or {}
+    strategy = mining.get("strategy", MINING_DEFAULTS["strategy"])
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"data.mining.strategy={strategy!r}: one of {', '.join(STRATEGIES)}")
     pool, hard = (mining.get(k, MINING_DEFAULTS[k]) for k in ("pool", "hard"))
     _positive_int(cfg, "data.mining.pool", pool)
     _positive_int(cfg, "data.mining.hard", hard)
@@ -41,7 +44,22 @@ def validate_config(cfg: DictConfig) -> None:
     ks = list(cfg.get("ks", [1, 5, 10]))
     for k in ks:
         _positive_int(cfg, "ks[]", k)
-    if max(ks) > hard + 1:
+    if strategy in RANKED_STRATEGIES:
+        list_size = mining.get("list_size", MINING_DEFAULTS["list_size"])
+        _positive_int(cfg, "data.mining.list_size", list_size)
+        pool_size = mining.get("pool_size", MINING_DEFAULTS["pool_size"])
+        bad_int = not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 1
+        if pool_size != TEST_GALLERY and bad_int:
+            raise ConfigError(
+                f"data.mining.pool_size={pool_size!r}: must be an integer >= 1 or "
+                f"{TEST_GALLERY} (the size of the test gallery of each direction)"
+            )
+        if max(ks) > list_size:
+            raise ConfigError(
+                f"ks={ks}: K={max(ks)} is larger than a candidate list "
+                f"(data.mining.list_size = {list_size})"
+            )
+    elif max(ks) > hard + 1:
         raise ConfigError(
             f"ks={ks}: K={max(ks)} is larger than a candidate list "
             f"(data.mining.hard + 1 = {hard + 1})"
@@ -52,9 +70,6 @@ def validate_config(cfg: DictConfig) -> None:
     max_lists = data.get("max_lists")
     if max_lists is not None:
         _positive_int(cfg, "data.max_lists", max_lists)
-    strategy = mining.get("strategy", "hard")
-    if strategy not in ("hard", "random"):
-        raise ConfigError(f"data.mining.strategy={strategy!r}: one of hard, random")
     for key in ("t2i_captions_per_image", "i2t_positives"):
         value = mining.get(key, 1)
         if value != "all":
