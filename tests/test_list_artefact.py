@@ -71,6 +71,9 @@ def _run(store: Path, tmp: Path, strategy: str) -> tuple[dict, dict]:
         ],
     )
     results = train(cfg)
+    with np.load(Path(cfg.paths.output_dir) / "predictions_t2i.npz") as z:
+        # Lists that may miss their positive carry each query's relevant total (report: misses).
+        assert ("relevant_total" in z.files) == (strategy != "hard")
     lists_dirs = list((tmp / "lists").iterdir())
     assert len(lists_dirs) == 1
     probe = json.loads((lists_dirs[0] / "lists.json").read_text())["probe"]

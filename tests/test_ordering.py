@@ -276,3 +276,16 @@ def test_dcg_pieces() -> None:
     assert dcg_discounts(ranks, k=2).tolist() == pytest.approx([1.0, 1 / math.log2(3), 0.0])
     assert float(ideal_dcg(gains, None)) == pytest.approx(3.0 + 1 / math.log2(3))
     assert float(ideal_dcg(torch.zeros(1, 3), None)) == 0.0  # no positive: nDCG undefined
+
+
+def test_ranked_recall_counts_a_missed_positive_as_zero() -> None:
+    """With ``relevant_total`` (first_stage / pool lists), a list without its positive is a miss
+    (0), a query with no relevant item anywhere stays NaN, and found@K divides by the total."""
+    labels = np.array([[0, 1, 0], [0, 0, 0], [0, 0, 0], [1, 0, 1]], dtype=np.uint8)
+    total = np.array([1, 2, 0, 3])
+    hit = ranked_recall_at_k(labels, 1, "hit", relevant_total=total).numpy()
+    assert hit[0] == 0 and hit[1] == 0 and np.isnan(hit[2]) and hit[3] == 1
+    found = ranked_recall_at_k(labels, 3, "found", relevant_total=total).numpy()
+    np.testing.assert_allclose(found[[0, 1, 3]], [1.0, 0.0, 2 / 3])
+    plain = ranked_recall_at_k(labels, 1, "hit").numpy()
+    assert np.isnan(plain[1])  # without the total a list without a positive is left out

@@ -177,6 +177,7 @@ def ranked_recall_at_k(
     k: int,
     definition: str = "hit",
     dtype: torch.dtype = torch.float64,
+    relevant_total: Tensor | np.ndarray | None = None,
 ) -> Tensor:
     """Recall@K of each list, from its labels in ranked order (best first).
 
@@ -187,15 +188,21 @@ def ranked_recall_at_k(
         k: cut-off ``>= 1``; beyond ``L`` it keeps the whole list.
         definition: ``"hit"`` or ``"found"`` (module docstring).
         dtype: floating dtype of the result.
+        relevant_total: ``(Q,)`` number of items relevant to each query in the whole gallery it
+            was ranked from (lists that may miss their positive: ``first_stage`` / ``pool``
+            mining); a list without a relevant candidate then scores 0 when its query has a
+            relevant item elsewhere, and ``found`` divides by it. None: the list holds them all.
 
     Returns:
-        ``(Q,)`` in ``[0, 1]``; NaN for a list without a relevant item.
+        ``(Q,)`` in ``[0, 1]``; NaN for a query without any relevant item.
     """
     _check_definition(definition)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     relevant = _as_relevant(ranked_labels)  # (Q, L)
     total = relevant.sum(dim=1).to(dtype)  # (Q,)
+    if relevant_total is not None:
+        total = torch.as_tensor(np.asarray(relevant_total)).to(dtype)  # (Q,)
     if definition == "hit":
         hit = relevant[:, :k].any(dim=1).to(dtype)  # (Q,)
         return hit.masked_fill(total == 0, float("nan"))

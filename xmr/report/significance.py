@@ -144,7 +144,8 @@ def significance(
         pred = run_predictions(run, direction)
         if pred is None:
             return None
-        return pred, ranked_recall_at_k(pred["labels"], k, recall).numpy()  # (Q,)
+        total = pred.get("relevant_total")  # lists that may miss: a miss counts 0
+        return pred, ranked_recall_at_k(pred["labels"], k, recall, relevant_total=total).numpy()
 
     return _compare(
         rows,

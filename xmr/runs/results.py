@@ -69,12 +69,16 @@ def write_predictions(out: Path, predictions: dict[str, dict[str, np.ndarray]]) 
 
         def _save(tmp: Path, arrays: dict[str, np.ndarray] = arrays) -> None:
             with open(tmp, "wb") as fh:
+                extra = {}
+                if "relevant_total" in arrays:  # lists that may miss their positive
+                    extra["relevant_total"] = arrays["relevant_total"].astype(np.int64)
                 np.savez(
                     fh,
                     query=arrays["query"].astype(np.int64),
                     candidates=arrays["candidates"].astype(np.int64),
                     scores=arrays["scores"].astype(np.float32),
                     labels=arrays["labels"].astype(np.uint8),
+                    **extra,
                 )
 
         atomic_write(out / name, _save)
@@ -110,9 +114,11 @@ def load_full_predictions(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def load_predictions(path: str | Path) -> dict[str, np.ndarray]:
-    """Read a predictions file (no pickles)."""
+    """Read a predictions file (no pickles): ``query``, ``candidates``, ``scores``, ``labels`` and,
+    for lists that may miss their positive, ``relevant_total``."""
     with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in ("query", "candidates", "scores", "labels")}
+        keys = ("query", "candidates", "scores", "labels", "relevant_total")
+        return {k: z[k] for k in keys if k in z.files}
 
 
 def results_record(
