@@ -253,3 +253,25 @@ def encode(encoder: nn.TransformerEncoder, x: Tensor, mask: Tensor) -> Tensor:
     if encoder.norm is not None:
         x = encoder.norm(x)
     return x
+
+
+def list_encoder(
+    d_model: int, num_layers: int, num_heads: int, ff_dim: int, dropout: float, activation: str
+) -> nn.TransformerEncoder | None:
+    """Self-attention over the items of a list, as allRank builds it: pre-norm encoder layers
+    and a final LayerNorm, no positional encoding (permutation equivariant); run it with
+    :func:`encode`. None when ``num_layers`` is 0."""
+    if num_layers <= 0:
+        return None
+    layer = nn.TransformerEncoderLayer(
+        d_model=d_model,
+        nhead=num_heads,
+        dim_feedforward=ff_dim,
+        dropout=dropout,
+        activation=activation,
+        batch_first=True,
+        norm_first=True,
+    )
+    return nn.TransformerEncoder(
+        layer, num_layers=num_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False
+    )

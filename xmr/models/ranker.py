@@ -8,7 +8,6 @@ carry no meaning: losses and metrics take the mask.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -17,8 +16,8 @@ from torch import Tensor, nn
 
 from xmr.data.datamodule import XMRDataModule
 from xmr.metrics.full_gallery import cosine_gallery_scores
-from xmr.models.encoder import encode
-from xmr.models.scorer import ScorerKind, Scorers
+from xmr.models.encoder import encode, list_encoder
+from xmr.models.scorer import ScorerKind, Scorers, constructor_options
 from xmr.utils.instantiate import ConfigError
 
 #: The activations of the FC block and the Transformer encoder layers (which support only these).
@@ -160,31 +159,12 @@ class ContextAwareRanker(nn.Module, ScorerKind):
             layers += [nn.Linear(d_in, d_out), act(), nn.Dropout(fc_dropout)]
         self.input_rest = nn.Sequential(*layers)
 
-        if num_layers > 0:
-            layer = nn.TransformerEncoderLayer(
-                d_model=d_model,
-                nhead=num_heads,
-                dim_feedforward=ff_dim,
-                dropout=dropout,
-                activation=activation,
-                batch_first=True,
-                norm_first=True,
-            )
-            self.encoder: nn.Module | None = nn.TransformerEncoder(
-                layer, num_layers=num_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False
-            )
-        else:
-            self.encoder = None
+        self.encoder = list_encoder(d_model, num_layers, num_heads, ff_dim, dropout, activation)
         self.scorer = nn.Linear(d_model, 1)
 
     @classmethod
     def check_options(cls, net: Mapping[str, Any]) -> None:
-        defaults = {
-            name: p.default
-            for name, p in inspect.signature(cls.__init__).parameters.items()
-            if p.default is not inspect.Parameter.empty
-        }
-        check_ranker_options(**{k: net.get(k, v) for k, v in defaults.items()})
+        check_ranker_options(**constructor_options(cls, net))
 
     @classmethod
     def build_scorers(cls, model: Any, dm: XMRDataModule) -> Scorers:

@@ -23,7 +23,6 @@ exactly zero at initialisation, so an untrained re-ranker ranks exactly like its
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,8 +31,8 @@ from torch import Tensor, nn
 
 from xmr.data.datamodule import XMRDataModule
 from xmr.metrics.ranking import pessimistic_order, ranks_from_order
-from xmr.models.encoder import encode
-from xmr.models.scorer import ScorerKind, Scorers
+from xmr.models.encoder import encode, list_encoder
+from xmr.models.scorer import ScorerKind, Scorers, constructor_options
 from xmr.utils.instantiate import ConfigError
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
@@ -140,33 +139,14 @@ class ResidualReranker(nn.Module, ScorerKind):
         self.mlp = nn.Sequential(
             nn.Linear(2 * width + 2, hidden), act(), nn.Dropout(dropout)
         )  # features: P_q q ⊙ P_c c, |P_q q − P_c c|, s0, rank / L
-        if num_layers > 0:
-            layer = nn.TransformerEncoderLayer(
-                d_model=hidden,
-                nhead=num_heads,
-                dim_feedforward=ff_dim,
-                dropout=dropout,
-                activation=activation,
-                batch_first=True,
-                norm_first=True,
-            )
-            self.encoder: nn.Module | None = nn.TransformerEncoder(
-                layer, num_layers=num_layers, norm=nn.LayerNorm(hidden), enable_nested_tensor=False
-            )
-        else:
-            self.encoder = None
+        self.encoder = list_encoder(hidden, num_layers, num_heads, ff_dim, dropout, activation)
         self.out = nn.Linear(hidden, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
     @classmethod
     def check_options(cls, net: Mapping[str, Any]) -> None:
-        defaults = {
-            name: p.default
-            for name, p in inspect.signature(cls.__init__).parameters.items()
-            if p.default is not inspect.Parameter.empty
-        }
-        check_reranker_options(**{k: net.get(k, v) for k, v in defaults.items()})
+        check_reranker_options(**constructor_options(cls, net))
 
     @classmethod
     def build_scorers(cls, model: Any, dm: XMRDataModule) -> Scorers:

@@ -20,6 +20,7 @@ need no edit.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -66,6 +67,17 @@ class ScorerKind:
             factory = instantiate(model.net, where="model.net")
             networks[direction] = factory(query_dim=query_dim, cand_dim=cand_dim)
         return Scorers(networks)
+
+
+def constructor_options(cls: type, net: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword options of ``cls``'s constructor that have defaults, each from ``net`` (a
+    ``model.net`` config) where given, else its default: what a ``check_options`` checks."""
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(cls.__init__).parameters.items()  # type: ignore[misc]
+        if p.default is not inspect.Parameter.empty
+    }
+    return {k: net.get(k, v) for k, v in defaults.items()}
 
 
 def scorer_kind(model: Any) -> type[ScorerKind]:
