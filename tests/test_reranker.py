@@ -12,6 +12,7 @@ from _compose import make_cfg
 
 from xmr.metrics.ranking import pessimistic_order
 from xmr.models.reranker import ResidualReranker
+from xmr.runs.naming import run_method
 from xmr.train import train
 from xmr.utils.instantiate import ConfigError
 
@@ -141,3 +142,9 @@ def test_embed_makes_a_pairwise_model_a_first_stage(tiny_store: Path, tmp_path: 
             assert zs[d][f"recall@{k}"] == pytest.approx(want), (d, k)
     with pytest.raises(SystemExit, match="exists"):
         embed(cfg.paths.output_dir, out)
+
+
+def test_a_reranker_row_is_named_apart_from_the_papers_ranker(tmp_path: Path) -> None:
+    assert run_method(make_cfg(tmp_path, ["model=reranker", "loss=listnet"])) == "reranker_listnet"
+    assert run_method(make_cfg(tmp_path, ["model=ranker", "loss=listnet"])) == "listnet"
+    assert run_method(make_cfg(tmp_path, ["model=cosine"])) == "clip_cosine"

@@ -25,6 +25,8 @@ from xmr.models.scorer import scorer_kind
 from xmr.utils.paths import CONF_DIR
 
 UNKNOWN = "unknown"
+#: ``model.name`` of the paper's Context-Aware Ranker, whose rows are named by their loss alone.
+PAPER_RANKER = "ranker"
 
 
 def method_name(cfg: DictConfig) -> str:
@@ -52,16 +54,23 @@ def method_name(cfg: DictConfig) -> str:
 
 def run_method(cfg: DictConfig) -> str:
     """Row name of a run in reports: ``method`` when set; the model name for pairwise baselines
-    (``dcca``, ``cmpm``, ...); else :func:`method_name` (the loss for rankers), with
-    ``+cosine+product+absdiff``-style suffixes when the ranker uses interaction features."""
+    (``dcca``, ``cmpm``, ...); else :func:`method_name` (the loss for the paper's ranker), with
+    ``+cosine+product+absdiff``-style suffixes when the ranker uses interaction features; another
+    model trained on lists is named ``<model>_<loss>`` (``reranker_listnet``), so its row never
+    merges with the paper's ranker trained with the same loss."""
     if cfg.get("method"):
         return str(cfg.method)
     kind = scorer_kind(cfg.model)
     if kind.trains_on == "pairs":
         return str(cfg.model.get("name", "pair_baseline"))
     name = method_name(cfg)
+    if not kind.fits:
+        return name
+    model = str(cfg.model.get("name") or PAPER_RANKER)
+    if model != PAPER_RANKER:
+        name = f"{model}_{name}"
     inter = list(cfg.model.get("net", {}).get("interaction") or [])
-    return name + "".join(f"+{n}" for n in inter) if kind.fits else name
+    return name + "".join(f"+{n}" for n in inter)
 
 
 def method_of_config(config: Mapping[str, Any] | None) -> str:
