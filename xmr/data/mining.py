@@ -366,12 +366,7 @@ def mine_arrays(
         row = np.concatenate([neg, positives[start:stop]], axis=1)  # (B, H + P)
         pos = np.zeros(row.shape, dtype=bool)
         pos[:, hard:] = positives[start:stop] >= 0
-        # Shuffle the real entries of each row; padding sorts to the end.
-        keys = rng.random(row.shape)
-        keys[row < 0] = 2.0
-        perm = np.argsort(keys, axis=1, kind="stable")
-        cand_local[start:stop] = np.take_along_axis(row, perm, axis=1)
-        is_pos[start:stop] = np.take_along_axis(pos, perm, axis=1)
+        cand_local[start:stop], is_pos[start:stop] = _shuffle_rows(rng, row, pos)
     real = cand_local >= 0
     length = int(real.sum(axis=1).max()) if q else width
     candidates = np.where(real, problem.cand_ids[np.maximum(cand_local, 0)], -1)[:, :length]
@@ -545,12 +540,7 @@ def mine_ranked(
         row = np.where(top_real.numpy(), top.numpy(), -1)  # (B, L) local ids
         start_b = problem.excl_start[start:stop, None]
         pos = (row >= start_b) & (row < start_b + problem.excl_count[start:stop, None])
-        # Shuffle the real entries of each row; padding sorts to the end.
-        keys = rng.random(row.shape)
-        keys[row < 0] = 2.0
-        perm = np.argsort(keys, axis=1, kind="stable")
-        cand_local[start:stop] = np.take_along_axis(row, perm, axis=1)
-        is_pos[start:stop] = np.take_along_axis(pos, perm, axis=1)
+        cand_local[start:stop], is_pos[start:stop] = _shuffle_rows(rng, row, pos)
     real_all = cand_local >= 0
     candidates = np.where(real_all, problem.cand_ids[np.maximum(cand_local, 0)], -1)
     return RankedArrays(
@@ -560,6 +550,18 @@ def mine_ranked(
         n_available=n_available,
         n_pool=n_pool.astype(np.int64),
     )
+
+
+def _shuffle_rows(
+    rng: np.random.Generator, row: np.ndarray, pos: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shuffle the real entries of each list (``row`` (B, L) local ids, -1 = padding) and their
+    positive flags ``pos`` (B, L) alike; padding sorts to the end. One ``rng.random`` draw of
+    ``row``'s shape (part of the output's definition)."""
+    keys = rng.random(row.shape)
+    keys[row < 0] = 2.0
+    perm = np.argsort(keys, axis=1, kind="stable")
+    return np.take_along_axis(row, perm, axis=1), np.take_along_axis(pos, perm, axis=1)
 
 
 def _select_per_group(
