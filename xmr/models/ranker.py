@@ -26,6 +26,14 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
 INTERACTIONS: tuple[str, ...] = ("cosine", "product", "absdiff")
 
 
+def list_cosine(q: Tensor, c: Tensor) -> Tensor:
+    """Cosine of each query ``(B, D)`` with its candidates ``(B, L, D)``: ``(B, L)`` float32 (the
+    first stage of the lists; an all-zero padded candidate gives 0)."""
+    qn = nn.functional.normalize(q.float(), dim=-1)  # (B, D)
+    cn = nn.functional.normalize(c.float(), dim=-1)  # (B, L, D)
+    return torch.einsum("bd,bld->bl", qn, cn)
+
+
 def interaction_width(names: Sequence[str], dim: int) -> int:
     """Width of the interaction features: 1 for ``cosine``, ``dim`` for ``product`` / ``absdiff``."""
     return sum(1 if n == "cosine" else dim for n in names)
@@ -212,10 +220,7 @@ class CosineScorer(nn.Module, ScorerKind):
         self.query_dim = int(query_dim)
 
     def forward_split(self, q: Tensor, c: Tensor, mask: Tensor) -> Tensor:
-        q = torch.nn.functional.normalize(q.float(), dim=-1)  # (B, D)
-        c = torch.nn.functional.normalize(c.float(), dim=-1)  # (B, L, D)
-        scores = torch.einsum("bd,bld->bl", q, c)  # (B, L)
-        return scores.masked_fill(~mask, 0.0)
+        return list_cosine(q, c).masked_fill(~mask, 0.0)
 
     def gallery_scores(self, gallery: Tensor) -> Callable[[Tensor], Tensor]:
         """Cosine of queries ``(B, D)`` against the whole gallery ``(G, D)``: ``(B, G)``."""

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from xmr.data.datamodule import XMRDataModule
 from xmr.metrics.ranking import pessimistic_order, ranks_from_order
 from xmr.models.encoder import encode, list_encoder
+from xmr.models.ranker import list_cosine
 from xmr.models.scorer import ScorerKind, Scorers, constructor_options
 from xmr.utils.instantiate import ConfigError
 
@@ -159,10 +160,9 @@ class ResidualReranker(nn.Module, ScorerKind):
         return super().build_scorers(model, dm)
 
     def first_stage(self, q: Tensor, c: Tensor) -> Tensor:
-        """``s0``: cosine of query ``(B, D)`` and candidates ``(B, L, D)``, ``(B, L)``."""
-        qn = nn.functional.normalize(q.float(), dim=-1)  # (B, D)
-        cn = nn.functional.normalize(c.float(), dim=-1)  # (B, L, D)
-        return torch.einsum("bd,bld->bl", qn, cn)
+        """``s0``: cosine of query ``(B, D)`` and candidates ``(B, L, D)``, ``(B, L)``; the same
+        function as the CLIP-cosine scorer's (:func:`xmr.models.ranker.list_cosine`)."""
+        return list_cosine(q, c)
 
     def forward_split(self, q: Tensor, c: Tensor, mask: Tensor) -> Tensor:
         """Scores ``(B, L)`` of candidates ``c (B, L, D)`` for queries ``q (B, D)``; 0 at padding."""
