@@ -16,7 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from xmr.data.datamodule import prepare_store_and_lists
-from xmr.data.lists_probe import probe_lists, read_probe
+from xmr.data.lists_probe import recorded_or_computed
 from xmr.data.mining import mine_lists, misses_line
 from xmr.data.probe import probe_line, warn_leaks
 from xmr.data.store import FeatureStore
@@ -61,9 +61,7 @@ def mine_main(cfg: DictConfig) -> None:
     print(json.dumps(meta.get("stats", {}), indent=1)[:4000])
     # The leakage probe: recorded by the miner (which warns when it mines); computed now for
     # lists mined before the probe existed (not written back).
-    probe = read_probe(dm.lists_dir)
-    if probe is None:
-        probe = probe_lists(FeatureStore.open(dm.store_path), dm.lists_dir)
+    probe = recorded_or_computed(dm.lists_dir, dm.store_path)
     if existed and not cfg.overwrite:
         warn_leaks(probe)
     print(probe_line(probe))

@@ -3,7 +3,8 @@
 - :func:`read_probe` — the probe ``xmr mine`` recorded in ``lists.json`` (None for lists mined
   before the probe existed);
 - :func:`probe_lists` — the probe computed now from the directory's files (validated with
-  :func:`xmr.data.mining.load_lists` against the store), same schema; nothing is written.
+  :func:`xmr.data.mining.load_lists` against the store), same schema; nothing is written;
+- :func:`recorded_or_computed` — the recorded probe, else the computed one.
 
 The miner itself (:func:`xmr.data.mining.mine_lists`) records the probe through
 :func:`xmr.data.probe.probe_paths`; this module sits above the miner so that it can read lists
@@ -43,3 +44,19 @@ def probe_lists(store: FeatureStore, lists_dir: str | Path) -> dict[str, Any]:
     return probe_files(
         store, (load_lists(lists_dir, d, s, store=store) for s in splits for d in directions)
     )
+
+
+def recorded_or_computed(
+    lists_dir: str | Path, store: str | Path | None, *, check_norms: bool = True
+) -> dict[str, Any] | None:
+    """:func:`read_probe`, else (lists mined before the probe was recorded) :func:`probe_lists`
+    on ``store`` (opened with ``check_norms``) — not written back; None when neither is
+    available (no store given).
+
+    Raises:
+        ListsError, StoreError, OSError: unreadable lists or store.
+    """
+    probe = read_probe(lists_dir)
+    if probe is None and store is not None:
+        probe = probe_lists(FeatureStore.open(store, check_norms=check_norms), lists_dir)
+    return probe

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from xmr.data.datamodule import mining_tag
-from xmr.data.lists_probe import probe_lists, read_probe
+from xmr.data.lists_probe import recorded_or_computed
 from xmr.data.mining import MINING_DEFAULTS, ListsError
-from xmr.data.store import TABLE_ORDER, FeatureStore, StoreError
+from xmr.data.store import TABLE_ORDER, StoreError
 from xmr.report.collect import run_predictions
 
 #: The split whose lists the report's list-protocol table measures.
@@ -57,12 +57,9 @@ def probe_of(lists_dir: str | Path, store: str | Path | None) -> dict[str, Any] 
     mined before probes were recorded) computed from the lists and ``store`` without writing it
     back; None when the lists or the store cannot be read here."""
     try:
-        probe = read_probe(lists_dir)
-        if probe is None and store is not None:
-            probe = probe_lists(FeatureStore.open(store, check_norms=False), lists_dir)
+        return recorded_or_computed(lists_dir, store, check_norms=False)
     except (ListsError, StoreError, OSError):
         return None
-    return probe
 
 
 def _values(values: list[Any]) -> str:
