@@ -31,6 +31,7 @@ from xmr.report.significance import (
     ALPHA,
     adjust_holm,
     family,
+    first_stage_significance,
     holm,
     paired_bootstrap,
     significance,
@@ -259,6 +260,57 @@ def test_significance_identical_and_clearly_better(tmp_path: Path) -> None:
 def _load(run_dir: Path) -> np.ndarray:
     with np.load(run_dir / "predictions_t2i.npz") as z:
         return z["labels"]
+
+
+def _fake_full_run(root: Path, name: str, method: str, seed: int, rank, first) -> None:
+    """A run with only full-gallery outcomes: re-ranked ``rank`` and ``first`` stage ranks."""
+    out = root / name
+    out.mkdir(parents=True)
+    for d in ("t2i", "i2t"):
+        np.savez(
+            out / f"predictions_full_{d}.npz",
+            query=np.arange(len(rank)),
+            rank=np.asarray(rank, np.int64),
+            first_stage_rank=np.asarray(first, np.int64),
+        )
+    res = {
+        "format": "xmr-results/1",
+        "method": method,
+        "seed": seed,
+        "predictions": {f"full_{d}": f"predictions_full_{d}.npz" for d in ("t2i", "i2t")},
+        "config": {"model": {"name": method}, "data": {}, "seed": seed},
+    }
+    (out / "results.json").write_text(json.dumps(res))
+
+
+def test_a_reranker_is_tested_against_its_own_first_stage_seeds_averaged_per_query(
+    tmp_path: Path,
+) -> None:
+    """Each seed re-ranks its own first stage (here: different first stages per seed, as over
+    ``xmr embed`` stores of per-seed models); the pooled test averages both sides per query over
+    the seeds, so the unit is the query, not (seed, query)."""
+    rng = np.random.default_rng(4)
+    q = 300
+    runs = []
+    for seed in (0, 1, 2):
+        first = rng.integers(1, 4, q)  # hit@1 for about a third of the queries
+        rank = np.where(rng.random(q) < 0.5, 1, first)  # the re-ranker lifts half of them to 1
+        _fake_full_run(tmp_path, f"rr{seed}", "reranker_listnet@infonce", seed, rank, first)
+        runs.append(((rank == 1).astype(float), (first == 1).astype(float)))
+    same = rng.integers(1, 5, q)
+    _fake_full_run(tmp_path, "self", "infonce", 0, same, same)  # its own first stage: no test
+    recs = first_stage_significance(table(build_report(tmp_path, n_resamples=200).runs), 1, 2000)
+    assert {r["row"] for r in recs} == {"reranker_listnet@infonce"}
+    pooled = {r["direction"]: r for r in recs if r["seed"] == "pooled"}
+    value = np.mean([v for v, _ in runs], axis=0)  # (Q,) seeds averaged per query
+    base = np.mean([b for _, b in runs], axis=0)
+    want = paired_bootstrap(value, base, n_resamples=2000, seed=0)
+    for d in ("t2i", "i2t"):
+        assert pooled[d]["queries"] == q  # queries, not 3 x queries
+        assert pooled[d]["delta"] == pytest.approx(100 * (value - base).mean())
+        assert pooled[d]["p"] == pytest.approx(want["p"]) and pooled[d]["p"] < 1e-3
+    per_seed = [r for r in recs if r["seed"] != "pooled"]
+    assert len(per_seed) == 6 and all(r["protocol"] == "first_stage" for r in recs)
 
 
 def test_significance_refuses_different_lists(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from _compose import make_cfg
 
+from xmr.data.store import first_stage_of
 from xmr.metrics.ranking import pessimistic_order
 from xmr.models.reranker import ResidualReranker
 from xmr.runs.naming import run_method
@@ -135,6 +136,10 @@ def test_embed_makes_a_pairwise_model_a_first_stage(tiny_store: Path, tmp_path: 
     out = embed(cfg.paths.output_dir, tmp_path / "infonce-store")
     store = FeatureStore.open(out)
     assert store.joint_space and store.manifest["encoder"]["model"] == "InfoNCEModel"
+    # The store names its first stage, and a run over it gets a row of its own.
+    assert first_stage_of(out) == "infonce" and first_stage_of(tiny_store) == "cosine"
+    over = make_cfg(tmp_path / "rr", ["model=reranker", "loss=listnet", f"data.store={out}"])
+    assert run_method(over) == "reranker_listnet@infonce"
     zs = store_split_recall(store, "test")
     for d in ("t2i", "i2t"):
         for k in (1, 5, 10):
@@ -148,3 +153,10 @@ def test_a_reranker_row_is_named_apart_from_the_papers_ranker(tmp_path: Path) ->
     assert run_method(make_cfg(tmp_path, ["model=reranker", "loss=listnet"])) == "reranker_listnet"
     assert run_method(make_cfg(tmp_path, ["model=ranker", "loss=listnet"])) == "listnet"
     assert run_method(make_cfg(tmp_path, ["model=cosine"])) == "clip_cosine"
+
+
+def test_first_stage_of_stores_written_before_the_method_was_recorded() -> None:
+    assert first_stage_of({"kind": "xmr-embed", "model": "VSEPPModel"}) == "vsepp"
+    assert first_stage_of({"kind": "xmr-embed", "method": "cmpm", "model": "X"}) == "cmpm"
+    assert first_stage_of({"name": "ViT-B-32"}) == "cosine"
+    assert first_stage_of("/no/such/store") == "cosine"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from xmr.models.scorer import scorer_kind
 from xmr.runs.lifecycle import restore_run
+from xmr.runs.naming import run_method
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,12 @@ def embed(
         raise SystemExit(f"{out}: exists (pass overwrite=true to replace it)")
     store = run.dm.store
     assert store is not None
-    source = {"run_dir": Path(run_dir).resolve(), "checkpoint": run.checkpoint}
+    # "method" names this first stage in the rows of runs over the store (xmr.runs.naming).
+    source = {
+        "method": run_method(run.cfg),
+        "run_dir": Path(run_dir).resolve(),
+        "checkpoint": run.checkpoint,
+    }
     return run.module.pair_model.embed_store(store, out, source=source, overwrite=overwrite)
 
 

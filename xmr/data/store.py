@@ -47,6 +47,7 @@ __all__ = [
     "SPLITS",
     "FeatureStore",
     "StoreError",
+    "first_stage_of",
     "sanitize_caption",
     "write_store",
 ]
@@ -171,6 +172,36 @@ def _load_npy(root: Path, name: str) -> np.ndarray:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise _fail(root, name, f"not a readable .npy array ({exc})") from exc
+
+
+#: ``encoder.kind`` of a store written by ``xmr embed`` (a trained pairwise model's embeddings).
+EMBEDDED_KIND = "xmr-embed"
+#: The first stage of an ordinary store: its own (CLIP, stand-in, synthetic) cosine.
+COSINE = "cosine"
+
+
+def first_stage_of(store: str | os.PathLike[str] | Mapping[str, Any] | None) -> str:
+    """The name of the first stage a store's cosine is: :data:`COSINE` for an encoder's store,
+    the pairwise model's name (``infonce``, ``vsepp``, ...) for a store written by ``xmr embed``.
+
+    ``store``: a store directory (its manifest is read leniently: a missing or unreadable one
+    counts as :data:`COSINE`), or a manifest's ``encoder`` mapping."""
+    if store is None:
+        return COSINE
+    if isinstance(store, Mapping):
+        encoder: Any = store
+    else:
+        try:
+            manifest = json.loads((Path(store) / MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return COSINE
+        encoder = manifest.get("encoder") if isinstance(manifest, dict) else None
+    if not isinstance(encoder, Mapping) or encoder.get("kind") != EMBEDDED_KIND:
+        return COSINE
+    if encoder.get("method"):
+        return str(encoder["method"])
+    # Stores written before the manifest named the method: InfoNCEModel -> infonce.
+    return str(encoder.get("model", "embedded")).removesuffix("Model").lower()
 
 
 def _check_manifest(root: Path) -> dict:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xmr.data.datamodule import XMRDataModule
-from xmr.data.store import DIRECTIONS, FeatureStore, write_store
+from xmr.data.store import DIRECTIONS, EMBEDDED_KIND, FeatureStore, write_store
 from xmr.losses.pairwise import (
     cmpc_loss,
     cmpm_label_distribution,
@@ -216,7 +216,7 @@ class PairEmbeddingModel(nn.Module, ScorerKind):
         finally:
             self.train(was_training)
         encoder = {
-            "kind": "xmr-embed",
+            "kind": EMBEDDED_KIND,
             "model": type(self).__name__,
             **{k: str(v) for k, v in source.items()},
             "base": store.manifest.get("encoder", {}),

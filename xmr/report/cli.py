@@ -10,8 +10,9 @@ text retrieval (i→t) and image retrieval (t→i) R@1/5/10 as mean ± sample st
 hit@K inside the lists, and the caption says which. Each caption states the table's
 construction (:mod:`xmr.report.construction`); the list-protocol table is followed by the
 leakage probe of its lists. Significance (:mod:`xmr.report.significance`): a paired bootstrap
-over test queries against the CLIP-cosine baseline in both protocols, Holm-adjusted across the
-table, and a WARNING for every in-list gain the full gallery does not match. Jobs that failed
+over test queries against the CLIP-cosine baseline in both protocols and, in the full gallery,
+of every re-ranking row against its own first stage (seeds averaged per query), Holm-adjusted
+across the table, and a WARNING for every in-list gain the full gallery does not match. Jobs that failed
 or never finished (:mod:`xmr.report.collect`) are listed in a section of their own and counted
 in the ``runs`` column (``4 of 5``). WARNING lines are also written to stderr.
 
@@ -37,6 +38,7 @@ from xmr.report.render import report_latex, report_markdown, significance_csv, t
 from xmr.report.significance import (
     N_RESAMPLES,
     adjust_holm,
+    first_stage_significance,
     full_gallery_significance,
     gain_warnings,
     significance,
@@ -64,6 +66,7 @@ def build_report(
     rows = table(runs, ks, recall, unfinished)
     records = adjust_holm(
         full_gallery_significance(rows, 1, n_resamples, seed)
+        + first_stage_significance(rows, 1, n_resamples, seed)
         + significance(rows, 1, recall, n_resamples, seed)
     )
     lines, probe_warnings = probe_lines(probes(rows))

@@ -31,6 +31,7 @@ VARIANT_PREFIXES = (
     "data.name",
     "data.mining.",
     "data.max_lists",
+    "protocol.full_gallery.first_stage",
 )
 
 
@@ -110,7 +111,7 @@ def collect_unfinished(root: str | Path) -> list[dict[str, Any]]:
 
 
 def _short_key(key: str) -> str:
-    for prefix in ("model.net.", "model.", "data.mining.", "data."):
+    for prefix in ("model.net.", "model.", "data.mining.", "data.", "protocol.full_gallery."):
         if key.startswith(prefix):
             return key[len(prefix) :]
     return key

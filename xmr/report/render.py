@@ -347,7 +347,10 @@ def significance_caption(k: int = 1, n_resamples: int = N_RESAMPLES, seed: int =
     """The significance table's caption: the test, its resamples and seed, the correction."""
     return (
         f"Δ R@{k} vs CLIP cosine (percent points) on the same test queries, in both protocols "
-        "(full gallery: hit@1 of the re-ranked gallery; lists: R@1 inside the candidate lists): "
+        "(full gallery: hit@1 of the re-ranked gallery; lists: R@1 inside the candidate lists), "
+        "and, for every row that re-ranks, vs its own first stage (full gallery, same run: the "
+        "re-ranked order against the first stage's order it started from; "
+        "`reranker_listnet@infonce` against the InfoNCE model of the same seed): "
         f"paired bootstrap over queries, {n_resamples:,} resamples (seed {seed}); 95% percentile "
         "interval; two-sided p, and Holm–Bonferroni's adjusted p over every (protocol, method, "
         f"direction) test of the table (level {ALPHA}). 'pooled' averages each query's R@1 over "

@@ -38,9 +38,14 @@ from xmr.report.table import BASELINE
 N_RESAMPLES = 10_000
 #: Level of the tests (on Holm-adjusted p-values).
 ALPHA = 0.05
-#: ``protocol`` of the records, in the report's order: the full gallery first.
-PROTOCOLS = ("full_gallery", "lists")
-PROTOCOL_TITLES = {"full_gallery": "full gallery", "lists": "lists"}
+#: ``protocol`` of the records, in the report's order: the full gallery first. ``first_stage``:
+#: the full gallery too, each row against its own first stage instead of CLIP cosine.
+PROTOCOLS = ("full_gallery", "first_stage", "lists")
+PROTOCOL_TITLES = {
+    "full_gallery": "full gallery",
+    "first_stage": "full gallery, vs own first stage",
+    "lists": "lists",
+}
 
 
 def align_predictions(
@@ -187,6 +192,68 @@ def full_gallery_significance(
         seed,
         missing_note="no per-query full-gallery outcomes (predictions_full_*.npz): not tested",
     )
+
+
+def first_stage_significance(
+    rows: dict[str, dict[str, Any]],
+    k: int = 1,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Each re-ranking row against **its own first stage** in the full-gallery protocol: per
+    query, hit@k of the re-ranked gallery (``rank``) vs hit@k of the first stage's order
+    (``first_stage_rank``) of the same run, so that a two-stage pipeline is tested against what
+    it re-ranks (``reranker_listnet@infonce`` against the InfoNCE model of the same seed).
+
+    Per seed, and pooled: both sides' per-query hits averaged over the seeds first (the seeds of
+    one query are not independent units), then the paired bootstrap over queries. Rows whose
+    re-ranking never changes a hit (a scorer that is its own first stage: cosine, a pairwise
+    model with ``first_stage=self``) get no record. Records as :func:`significance` with
+    ``"protocol": "first_stage"``."""
+    records = []
+    for name, row in rows.items():
+        for direction in TABLE_ORDER:
+            per_seed = []
+            query = None
+            for run in sorted(row["runs"], key=lambda r: str(r.get("seed"))):
+                out = run_full_outcomes(run, direction)
+                if out is None:
+                    continue
+                if query is not None and not np.array_equal(out["query"], query):
+                    continue  # another query set: not pooled with the first seed's
+                query = out["query"]
+                per_seed.append(
+                    (
+                        run.get("seed"),
+                        hits_at_k(out["rank"], k),
+                        hits_at_k(out["first_stage_rank"], k),
+                    )
+                )
+            if not per_seed or all(np.array_equal(a, b) for _, a, b in per_seed):
+                continue
+            for run_seed, value, base in per_seed:
+                records.append(
+                    _record(
+                        "first_stage",
+                        name,
+                        direction,
+                        run_seed,
+                        paired_bootstrap(value, base, n_resamples, seed),
+                    )
+                )
+            if len(per_seed) > 1:
+                value = np.mean(np.stack([v for _, v, _ in per_seed]), axis=0)  # (Q,)
+                base = np.mean(np.stack([b for _, _, b in per_seed]), axis=0)  # (Q,)
+                records.append(
+                    _record(
+                        "first_stage",
+                        name,
+                        direction,
+                        "pooled",
+                        paired_bootstrap(value, base, n_resamples, seed),
+                    )
+                )
+    return records
 
 
 def _compare(

@@ -6,6 +6,10 @@
 * :func:`run_method` — the name a run records in ``results.json`` (``xmr train``, ``xmr eval``):
   :func:`method_name`, except that models trained on pairs (``ScorerKind.trains_on``) are named by their model and rankers with
   interaction features get ``+cosine+product``-style suffixes.
+* A run over a store written by ``xmr embed`` (a trained pairwise model as the first stage) gets
+  ``@<first stage>`` appended (``reranker_listnet@infonce``,
+  :func:`xmr.data.store.first_stage_of`), so the two-stage pipelines over different first stages
+  are separate rows; over an encoder's store (first stage: its cosine) nothing is appended.
 * :func:`method_of_config` — :func:`run_method` of a plain config mapping (a job's
   ``config.yaml`` or ``failed.json``), so that a failed or missing job is counted in the row its
   finished run would fill; ``"unknown"`` when the config is absent or broken.
@@ -21,6 +25,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from xmr.data.store import COSINE, first_stage_of
 from xmr.models.scorer import scorer_kind
 from xmr.utils.paths import CONF_DIR
 
@@ -57,9 +62,14 @@ def run_method(cfg: DictConfig) -> str:
     (``dcca``, ``cmpm``, ...); else :func:`method_name` (the loss for the paper's ranker), with
     ``+cosine+product+absdiff``-style suffixes when the ranker uses interaction features; another
     model trained on lists is named ``<model>_<loss>`` (``reranker_listnet``), so its row never
-    merges with the paper's ranker trained with the same loss."""
+    merges with the paper's ranker trained with the same loss; over a store of ``xmr embed``,
+    ``@<first stage>`` is appended (``reranker_listnet@infonce``)."""
     if cfg.get("method"):
         return str(cfg.method)
+    return _base_method(cfg) + _first_stage_suffix(cfg)
+
+
+def _base_method(cfg: DictConfig) -> str:
     kind = scorer_kind(cfg.model)
     if kind.trains_on == "pairs":
         return str(cfg.model.get("name", "pair_baseline"))
@@ -71,6 +81,16 @@ def run_method(cfg: DictConfig) -> str:
         name = f"{model}_{name}"
     inter = list(cfg.model.get("net", {}).get("interaction") or [])
     return name + "".join(f"+{n}" for n in inter)
+
+
+def _first_stage_suffix(cfg: DictConfig) -> str:
+    """``@<name>`` when the run's store is a trained model's embeddings (``xmr embed``)."""
+    try:
+        store = OmegaConf.select(cfg, "data.store", default=None)
+    except Exception:  # noqa: BLE001 - an unresolvable path names no first stage
+        store = None
+    first = first_stage_of(str(store)) if store else COSINE
+    return "" if first == COSINE else f"@{first}"
 
 
 def method_of_config(config: Mapping[str, Any] | None) -> str:
