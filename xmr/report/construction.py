@@ -22,7 +22,7 @@ from typing import Any
 from xmr.data.datamodule import mining_tag
 from xmr.data.lists_probe import recorded_or_computed
 from xmr.data.mining import MINING_DEFAULTS, ListsError
-from xmr.data.store import TABLE_ORDER, StoreError
+from xmr.data.store import COSINE, TABLE_ORDER, StoreError, first_stage_of
 from xmr.report.collect import run_predictions
 
 #: The split whose lists the report's list-protocol table measures.
@@ -73,7 +73,10 @@ def _store_text(runs: list[dict[str, Any]]) -> str:
     for run in runs:
         store = run.get("store") or {}
         path = store.get("path")
-        name = (store.get("encoder") or {}).get("name")
+        encoder = store.get("encoder") or {}
+        name = encoder.get("name")
+        if first_stage_of(encoder) != COSINE:  # a trained pairwise model's store (xmr embed)
+            name = f"{first_stage_of(encoder)} embeddings (xmr embed)"
         label = f"{Path(str(path)).name} ({path})" if path else "?"
         stores.append(f"store {label}, encoder {name or '?'}")
     return _values(stores)
