@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_mining  # noqa: E402
 import bench_paper  # noqa: E402
+import bench_rerank  # noqa: E402
 import bench_step  # noqa: E402
 
 
@@ -29,6 +30,7 @@ def main() -> None:
     bench_step.main([*threads, *(["--quick"] if args.quick else [])])
     bench_paper.main([*threads, *(["--lists", "500", "--rss-batches", "20"] if args.quick else [])])
     bench_mining.main(threads)
+    bench_rerank.main([*threads, *(["--quick"] if args.quick else [])])
 
 
 if __name__ == "__main__":
