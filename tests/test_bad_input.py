@@ -74,6 +74,8 @@ def test_unknown_key_on_the_command_line_fails_before_any_work(tmp_path: Path) -
         (["data.mining.strategy=best"], r"data\.mining\.strategy='best'"),
         (["data.mining.i2t_positives=0"], r"data\.mining\.i2t_positives=0"),
         (["data.mining.pool=-5"], r"data\.mining\.pool=-5"),
+        (["data.redraw_train_lists=yes"], r"data\.redraw_train_lists='yes': must be true or"),
+        (["data.redraw_train_lists=true"], r"data\.redraw_train_lists=true needs data\.mining"),
         (["seed=-1"], r"seed=-1: must be an integer >= 0"),
         (["threads=0"], r"threads=0"),
         (["model.net.fc_sizes=[]"], r"model\.net\.fc_sizes=\[\]"),

@@ -126,12 +126,16 @@ def _fit_and_test(
     callbacks: list[Any],
     loggers: list[Any],
 ) -> dict[str, Any]:
+    # Training lists drawn anew every epoch (data.redraw_train_lists): the train loader is
+    # rebuilt at the start of every epoch.
+    reload = {"reload_dataloaders_every_n_epochs": 1} if dm.redraws_train_lists else {}
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         where="trainer",
         callbacks=callbacks,
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
+        **reload,
     )
     if trainer.is_global_zero:
         log_config(loggers, cfg)

@@ -122,6 +122,11 @@ def _check_supported(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.gradient_clip_algorithm={algo!r}: the ensemble clips by norm")
     if int(cfg.trainer.get("accumulate_grad_batches") or 1) != 1:
         raise ConfigError("trainer.accumulate_grad_batches: must be 1 for the ensemble")
+    if cfg.data.get("redraw_train_lists"):
+        raise ConfigError(
+            "data.redraw_train_lists: not supported by the ensemble (its members train on the "
+            "mined lists); use data.redraw_train_lists=false"
+        )
 
 
 # -- evaluation --------------------------------------------------------------------------------

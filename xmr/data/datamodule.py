@@ -34,7 +34,16 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from xmr.data.mining import MINING_DEFAULTS, load_lists, mine_lists
+from xmr.data.mining import (
+    MINING_DEFAULTS,
+    CandidateLists,
+    check_redrawable,
+    load_lists,
+    mine_lists,
+    mined_options,
+    read_lists_meta,
+    redraw_train_lists,
+)
 from xmr.data.store import DIRECTIONS, FeatureStore
 from xmr.data.synth import check_synthetic_store, synth_config, write_synthetic_store
 
@@ -48,16 +57,18 @@ def pair_features(q: Tensor, c: Tensor) -> Tensor:
 
 
 class _ListIndexDataset(Dataset[int]):
-    """Yields list indices; the collate function gathers features for a whole batch at once."""
+    """Yields list indices (in ``order`` when given: a permutation of ``range(n)``); the collate
+    function gathers features for a whole batch at once."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, order: Tensor | None = None) -> None:
         self.n = n
+        self.order = order
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, i: int) -> int:
-        return i
+        return i if self.order is None else int(self.order[i])
 
 
 class PairGatherer:
@@ -145,6 +156,13 @@ class XMRDataModule(L.LightningDataModule):
         batch_size / eval_batch_size: lists per training / evaluation batch.
         num_workers: DataLoader workers (0 = gather in the main process; gathering is cheap).
         max_lists: cap per split (for quick runs), None = all.
+        redraw_train_lists: draw the training lists anew every epoch (mining strategy ``pool``
+            only): epoch 0 trains on the mined lists, epoch e >= 1 on
+            :func:`xmr.data.mining.redraw_train_lists` for e (the same queries, new random
+            pools; a function of the lists' mining options and e alone, so resuming is exact).
+            The trainer must rebuild the train loader every epoch
+            (``reload_dataloaders_every_n_epochs=1``; ``xmr train`` sets it when
+            :attr:`redraws_train_lists`). Validation and test lists never change.
     """
 
     def __init__(
@@ -160,6 +178,7 @@ class XMRDataModule(L.LightningDataModule):
         num_workers: int = 0,
         max_lists: int | None = None,
         name: str | None = None,
+        redraw_train_lists: bool = False,
     ) -> None:
         super().__init__()
         if direction not in (*DIRECTIONS, "both"):
@@ -169,6 +188,8 @@ class XMRDataModule(L.LightningDataModule):
                 f"data: batch_size={batch_size} and eval_batch_size={eval_batch_size} must be "
                 f">= 1, num_workers={num_workers} >= 0"
             )
+        if not isinstance(redraw_train_lists, bool):
+            raise ValueError(f"data.redraw_train_lists={redraw_train_lists!r}: true or false")
         self.store_path = Path(store)
         self.mining = dict(mining) if mining else {}
         if lists_dir is None:
@@ -185,6 +206,13 @@ class XMRDataModule(L.LightningDataModule):
         self._tables: dict[str, Tensor] = {}
         self._gatherers: dict[tuple[str, str], PairGatherer] = {}
         self.pair_batch_size: int | None = None  # set by use_pair_training
+        self.redraw_train_lists = redraw_train_lists
+        # Re-drawn training lists: the mining options of the lists (from lists.json), the mined
+        # train gatherers (epoch 0) and the epoch whose lists the train gatherers hold (None:
+        # the mined lists, not yet announced).
+        self._redraw_options: dict[str, Any] = {}
+        self._mined_train: dict[str, PairGatherer] = {}
+        self._train_epoch: int | None = None
         # Shuffling generators of the train loaders built last, in sorted direction order, and
         # states to put into those built next (restore_train_order).
         self._train_generators: list[torch.Generator] = []
@@ -204,24 +232,78 @@ class XMRDataModule(L.LightningDataModule):
             "image": torch.from_numpy(np.array(self.store.image_emb)),
             "text": torch.from_numpy(np.array(self.store.text_emb)),
         }
+        if self.redraw_train_lists:
+            # Re-drawn with the options the lists were mined with, whatever named the directory.
+            self._redraw_options = mined_options(read_lists_meta(self.lists_dir))
+            check_redrawable(self._redraw_options["strategy"])
         for direction in self.directions:
             for split in ("train", "val", "test"):
                 lists = load_lists(self.lists_dir, direction, split, store=self.store)
-                n = len(lists.queries)
-                if self.max_lists is not None:
-                    n = min(n, int(self.max_lists))
-                qt, ct = ("text", "image") if direction == "t2i" else ("image", "text")
-                self._gatherers[(direction, split)] = PairGatherer(
-                    direction,
-                    self._tables[qt],
-                    self._tables[ct],
-                    torch.from_numpy(np.asarray(lists.queries[:n], dtype=np.int64)),
-                    torch.from_numpy(np.asarray(lists.candidates[:n], dtype=np.int64)),
-                    torch.from_numpy(np.asarray(lists.labels[:n], dtype=np.uint8)),
-                    None
-                    if lists.relevant_total is None
-                    else torch.from_numpy(np.asarray(lists.relevant_total[:n], dtype=np.int64)),
+                self._gatherers[(direction, split)] = self._make_gatherer(lists)
+            self._mined_train[direction] = self._gatherers[(direction, "train")]
+
+    def _make_gatherer(self, lists: CandidateLists) -> PairGatherer:
+        """The gatherer of one lists file (its first ``max_lists`` lists)."""
+        n = len(lists.queries)
+        if self.max_lists is not None:
+            n = min(n, int(self.max_lists))
+        qt, ct = ("text", "image") if lists.direction == "t2i" else ("image", "text")
+        return PairGatherer(
+            lists.direction,
+            self._tables[qt],
+            self._tables[ct],
+            torch.from_numpy(np.asarray(lists.queries[:n], dtype=np.int64)),
+            torch.from_numpy(np.asarray(lists.candidates[:n], dtype=np.int64)),
+            torch.from_numpy(np.asarray(lists.labels[:n], dtype=np.uint8)),
+            None
+            if lists.relevant_total is None
+            else torch.from_numpy(np.asarray(lists.relevant_total[:n], dtype=np.int64)),
+        )
+
+    # -- re-drawn training lists --------------------------------------------------------------
+    @property
+    def redraws_train_lists(self) -> bool:
+        """Whether :meth:`train_dataloader` draws the training lists anew every epoch (so the
+        trainer must rebuild it every epoch): ``redraw_train_lists`` and list batches (pair
+        batches use no lists)."""
+        return self.redraw_train_lists and self.pair_batch_size is None
+
+    @property
+    def train_lists_epoch(self) -> int:
+        """The epoch whose training lists the train gatherers hold (0: the mined lists)."""
+        return self._train_epoch or 0
+
+    def draw_train_lists(self, epoch: int) -> None:
+        """Make the train gatherers hold the training lists of ``epoch``: the mined lists for
+        epoch 0, :func:`xmr.data.mining.redraw_train_lists` for a later one (after
+        :meth:`setup`; needs ``redraw_train_lists``). Logs the number of lists, once per epoch."""
+        if self.store is None:
+            raise RuntimeError("call setup() first")
+        if not self.redraw_train_lists:
+            raise RuntimeError("draw_train_lists needs redraw_train_lists=True")
+        if epoch == self._train_epoch:
+            return
+        for d in self.directions:
+            self._gatherers[(d, "train")] = (
+                self._mined_train[d]
+                if epoch == 0
+                else self._make_gatherer(
+                    redraw_train_lists(self.store, d, self._redraw_options, epoch)
                 )
+            )
+        self._train_epoch = epoch
+        counts = ", ".join(f"{d} {self.num_lists(d, 'train')}" for d in self.directions)
+        what = "the mined training lists" if epoch == 0 else "training lists drawn anew"
+        log.info("epoch %d: %s (%s lists)", epoch, what, counts)
+
+    def _fit_epoch(self) -> int:
+        """The epoch the trainer's fit is about to train (0 without a trainer). Not
+        ``trainer.current_epoch``: when a fit resumed from an end-of-epoch checkpoint builds its
+        first train loader, that still counts the checkpoint's epoch as unfinished (it catches up
+        after the loader is built); the epochs processed do not lag."""
+        if self.trainer is None:
+            return 0
+        return int(self.trainer.fit_loop.epoch_progress.current.processed)
 
     # -- shapes --------------------------------------------------------------------------------
     def dims(self, direction: str) -> tuple[int, int]:
@@ -244,18 +326,31 @@ class XMRDataModule(L.LightningDataModule):
         """The batch gatherer of ``(direction, split)`` (after :meth:`setup`)."""
         return self._gatherers[(direction, split)]
 
-    def _loader(self, direction: str, split: str, shuffle: bool) -> DataLoader:
+    def _loader(
+        self, direction: str, split: str, shuffle: bool, epoch: int | None = None
+    ) -> DataLoader:
         gather = self._gatherers[(direction, split)]
+        n = len(gather.queries)
+        dataset = _ListIndexDataset(n)
         # Shuffled loaders draw from their own generator, seeded from the run's seed
         # (torch.initial_seed() after seed_everything) and the direction: the data order is a
         # function of (seed, direction, epoch) alone, whatever else consumes random numbers.
         generator = (
-            torch.Generator().manual_seed(train_order_seed(torch.initial_seed(), direction))
+            torch.Generator().manual_seed(
+                train_order_seed(torch.initial_seed(), direction, epoch or 0)
+            )
             if shuffle
             else None
         )
+        if shuffle and epoch is not None:
+            # A loader built for one epoch (re-drawn lists): its order is drawn now and held by
+            # the dataset, so every iterator Lightning makes of it (two in an uninterrupted
+            # epoch, one in a resumed one) walks the same order. The generator then only takes
+            # the iterators' base-seed draws, which would otherwise come from the global RNG.
+            dataset = _ListIndexDataset(n, torch.randperm(n, generator=generator))
+            shuffle = False
         return DataLoader(
-            _ListIndexDataset(len(gather.queries)),
+            dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             shuffle=shuffle,
             generator=generator,
@@ -303,6 +398,16 @@ class XMRDataModule(L.LightningDataModule):
                 num_workers=self.num_workers,
                 persistent_workers=self.num_workers > 0,
             )
+        if self.redraws_train_lists:
+            # Rebuilt every epoch: the lists and the order of epoch e are functions of the
+            # mining options, (seed, direction) and e alone, so a resumed fit needs no saved
+            # order.
+            epoch = self._fit_epoch()
+            self.draw_train_lists(epoch)
+            self._pending_train_order = None
+            loaders = {d: self._loader(d, "train", True, epoch=epoch) for d in self.directions}
+            self._train_generators = [loaders[d].generator for d in sorted(loaders)]
+            return CombinedLoader(loaders, mode="max_size_cycle")
         loaders = {d: self._loader(d, "train", shuffle=True) for d in self.directions}
         self._train_generators = [loaders[d].generator for d in sorted(loaders)]
         states, self._pending_train_order = self._pending_train_order, None
@@ -323,7 +428,8 @@ class XMRDataModule(L.LightningDataModule):
     def train_order_state(self) -> list[Tensor]:
         """The states of the shuffling generators of the train loaders built last (one per
         direction, in sorted direction order; none for pair batches, which shuffle from the
-        global RNG)."""
+        global RNG). Loaders rebuilt every epoch (re-drawn lists) ignore restored states: their
+        order is a function of (seed, direction, epoch)."""
         return [g.get_state() for g in self._train_generators]
 
     def restore_train_order(self, states: Sequence[Tensor]) -> None:
@@ -341,10 +447,15 @@ class XMRDataModule(L.LightningDataModule):
         return [self._loader(d, "test", shuffle=False) for d in self.directions]
 
 
-def train_order_seed(seed: int, direction: str) -> int:
+def train_order_seed(seed: int, direction: str, epoch: int = 0) -> int:
     """Seed of the shuffling generator of ``direction``'s training lists in a run seeded ``seed``
-    (also used by :mod:`xmr.models.ensemble`, whose members replay the same order)."""
-    return (int(seed) * 1_000_003 + 7919 * (1 + DIRECTIONS.index(direction))) % (2**63)
+    (also used by :mod:`xmr.models.ensemble`, whose members replay the same order). ``epoch``:
+    the epoch of a loader rebuilt every epoch (re-drawn lists); epoch 0 is the seed of a loader
+    built once."""
+    base = (int(seed) * 1_000_003 + 7919 * (1 + DIRECTIONS.index(direction))) % (2**63)
+    if epoch == 0:
+        return base
+    return int(np.random.SeedSequence([base, int(epoch)]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def mining_tag(mining: Mapping[str, Any]) -> str:

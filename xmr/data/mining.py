@@ -82,6 +82,11 @@ Resumable: the sibling is ``.<name>.partial/`` and keeps each finished file (and
 the whole directory is published, so ``xmr mine`` killed midway and started again with the same
 store, parameters and seed mines only the missing files (the output is bytes-identical to an
 uninterrupted run: each file is a function of the store, parameters and seed alone).
+
+Re-drawn training lists (``pool`` only; the datamodule's ``data.redraw_train_lists``):
+:func:`redraw_train_lists` mines a direction's training file again, the same way, with the epoch
+added to the pools' RNG key (``[seed, direction, split, stage, epoch, block]``): the same queries
+and positives, new random pools, so more distinct lists from small data. Epoch 0 is the mined file.
 """
 
 from __future__ import annotations
@@ -90,7 +95,7 @@ import json
 import shutil
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -904,50 +909,20 @@ def mine_lists(
         FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
     """
     out_dir = Path(out_dir).resolve()
-    if strategy not in STRATEGIES:
-        raise ListsError(f"strategy: must be one of {STRATEGIES}, got {strategy!r}")
-    for name, v in (("pool", pool), ("hard", hard), ("seed", seed)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise ListsError(f"{name}: must be an int, got {v!r}")
-    if seed < 0:
-        raise ListsError(f"seed: must be >= 0, got {seed}")
-    if not 1 <= hard <= pool:
-        raise ListsError(f"hard/pool: need 1 <= hard <= pool, got hard={hard}, pool={pool}")
-    ranked = strategy in RANKED_STRATEGIES
-    if ranked:
-        if isinstance(list_size, bool) or not isinstance(list_size, (int, np.integer)):
-            raise ListsError(f"list_size: must be an int >= 1, got {list_size!r}")
-        if list_size < 1:
-            raise ListsError(f"list_size: must be >= 1, got {list_size}")
-        if pool_size != TEST_GALLERY and (
-            isinstance(pool_size, bool)
-            or not isinstance(pool_size, (int, np.integer))
-            or pool_size < 1
-        ):
-            raise ListsError(
-                f"pool_size: must be an int >= 1 or {TEST_GALLERY!r}, got {pool_size!r}"
-            )
-    k_t2i = _parse_count("t2i_captions_per_image", t2i_captions_per_image)
-    k_i2t = _parse_count("i2t_positives", i2t_positives)
+    opts = _checked_options(
+        store,
+        pool=pool,
+        hard=hard,
+        t2i_captions_per_image=t2i_captions_per_image,
+        i2t_positives=i2t_positives,
+        seed=seed,
+        strategy=strategy,
+        list_size=list_size,
+        pool_size=pool_size,
+    )
     splits = tuple(splits)
     if not splits or len(set(splits)) != len(splits) or not set(splits) <= set(SPLIT_CODES):
         raise ListsError(f"splits: must be distinct names from {tuple(SPLIT_CODES)}, got {splits}")
-    if strategy in ("hard", *RANKED_STRATEGIES):
-        if not store.joint_space:
-            what = (
-                "hard negatives cannot be mined"
-                if strategy == "hard"
-                else f"there is no first stage for strategy={strategy!r}"
-            )
-            raise ListsError(
-                f"{store.root}/manifest.json: joint_space is false, so image-text cosine is "
-                f"meaningless and {what}; use strategy='random'"
-            )
-        if store.image_dim != store.text_dim:
-            raise ListsError(
-                f"{store.root}/manifest.json: image_dim {store.image_dim} != text_dim "
-                f"{store.text_dim}; cosine needs one joint space"
-            )
     if out_dir.exists():
         if not overwrite:
             raise FileExistsError(f"{out_dir}: lists directory exists (pass overwrite=True)")
@@ -961,7 +936,6 @@ def mine_lists(
 
     text_image = np.asarray(store.text_image, dtype=np.int64)
     image_split = np.asarray(store.image_split)
-    use_emb = strategy != "random"
     params: dict[str, Any] = {
         "pool": int(pool),
         "hard": int(hard),
@@ -973,7 +947,7 @@ def mine_lists(
         "rng_block": RNG_BLOCK,
     }
     pools: dict[str, int | None] = dict.fromkeys(DIRECTIONS)  # the pool strategy's pool
-    if ranked:
+    if opts.ranked:
         # Only the first-stage strategies record these, so hard/random lists.json stay as they are.
         params["list_size"] = int(list_size)
         if strategy == "pool":
@@ -995,10 +969,8 @@ def mine_lists(
     try:
         stats: dict[str, Any] = {}
         for split in splits:
-            code = SPLIT_CODES[split]
             for direction in DIRECTIONS:
                 t0 = time.perf_counter()
-                dcode = _DIRECTION_CODES[direction]
                 name = lists_filename(direction, split)
                 done = _finished_file(tmp, name, text_image, image_split)
                 if done is not None:  # resumed: mined by an interrupted earlier run
@@ -1006,69 +978,15 @@ def mine_lists(
                     if verbose:
                         print(f"kept {name} from an interrupted run")
                     continue
-                problem, skipped = build_problem(
+                lists, s = _mine_file(
+                    store,
+                    opts,
                     direction,
-                    text_image,
-                    image_split,
-                    code,
-                    t2i_captions_per_image=k_t2i,
-                    i2t_positives=k_i2t,
-                    rng=np.random.default_rng([seed, dcode, code, _STAGE_SELECT]),
-                    image_emb=store.image_emb if use_emb else None,
-                    text_emb=store.text_emb if use_emb else None,
-                )
-                if ranked:
-                    lists, s = _mine_ranked_file(
-                        problem,
-                        direction,
-                        split,
-                        list_size=int(list_size),
-                        pool_size=pools[direction],
-                        seed_key=(seed, dcode, code, _STAGE_POOL),
-                        skipped=skipped,
-                    )
-                    check_lists(
-                        lists,
-                        where=f"{name} (just mined)",
-                        text_image=text_image,
-                        image_split=image_split,
-                    )
-                    _publish_file(tmp, name, lists, s)
-                    stats[name.removesuffix(".npz")] = s
-                    if verbose:
-                        print(
-                            f"mined {name}: {s['num_lists']} lists x {s['list_length']} "
-                            f"in {time.perf_counter() - t0:.2f}s"
-                        )
-                    continue
-                mined = mine_arrays(
-                    problem,
-                    pool=pool,
-                    hard=hard,
-                    strategy=strategy,
-                    seed_key=(seed, dcode, code, _STAGE_POOL),
-                )
-                lists = CandidateLists(
-                    problem.query_ids, mined.candidates, mined.labels, direction, split
-                )
-                # Data hygiene, checked on every mined file (independently of the miner's logic).
-                check_lists(
-                    lists,
-                    where=f"{name} (just mined)",
+                    split,
+                    pool_size=pools[direction],
                     text_image=text_image,
                     image_split=image_split,
                 )
-                added = (problem.positives >= 0).sum(axis=1)
-                s = _stats(
-                    mined,
-                    mined.labels,
-                    pool=pool,
-                    hard=hard,
-                    skipped=skipped,
-                    positives_added=added,
-                )
-                if s["lists_with_extra_positives"]:  # pragma: no cover - internal bug
-                    raise AssertionError(f"{name}: a relevant item entered through the pool")
                 stats[name.removesuffix(".npz")] = s
                 _publish_file(tmp, name, lists, s)
                 if verbose:
@@ -1097,6 +1015,209 @@ def mine_lists(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+@dataclass(frozen=True)
+class _Options:
+    """Mining options checked by :func:`_checked_options` (counts parsed: None = "all")."""
+
+    strategy: str
+    pool: int
+    hard: int
+    k_t2i: int | None
+    k_i2t: int | None
+    seed: int
+    list_size: int
+    pool_size: int | str
+
+    @property
+    def ranked(self) -> bool:
+        return self.strategy in RANKED_STRATEGIES
+
+
+def _checked_options(
+    store: FeatureStore,
+    *,
+    pool: int,
+    hard: int,
+    t2i_captions_per_image: int | Literal["all"],
+    i2t_positives: int | Literal["all"],
+    seed: int,
+    strategy: str,
+    list_size: int,
+    pool_size: int | str,
+) -> _Options:
+    """The options of :func:`mine_lists` checked (a :class:`ListsError` naming the option and the
+    rule), and that ``store`` can be mined with ``strategy`` (a joint space for cosine)."""
+    if strategy not in STRATEGIES:
+        raise ListsError(f"strategy: must be one of {STRATEGIES}, got {strategy!r}")
+    for name, v in (("pool", pool), ("hard", hard), ("seed", seed)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise ListsError(f"{name}: must be an int, got {v!r}")
+    if seed < 0:
+        raise ListsError(f"seed: must be >= 0, got {seed}")
+    if not 1 <= hard <= pool:
+        raise ListsError(f"hard/pool: need 1 <= hard <= pool, got hard={hard}, pool={pool}")
+    if strategy in RANKED_STRATEGIES:
+        if isinstance(list_size, bool) or not isinstance(list_size, (int, np.integer)):
+            raise ListsError(f"list_size: must be an int >= 1, got {list_size!r}")
+        if list_size < 1:
+            raise ListsError(f"list_size: must be >= 1, got {list_size}")
+        if pool_size != TEST_GALLERY and (
+            isinstance(pool_size, bool)
+            or not isinstance(pool_size, (int, np.integer))
+            or pool_size < 1
+        ):
+            raise ListsError(
+                f"pool_size: must be an int >= 1 or {TEST_GALLERY!r}, got {pool_size!r}"
+            )
+    k_t2i = _parse_count("t2i_captions_per_image", t2i_captions_per_image)
+    k_i2t = _parse_count("i2t_positives", i2t_positives)
+    if strategy in ("hard", *RANKED_STRATEGIES):
+        if not store.joint_space:
+            what = (
+                "hard negatives cannot be mined"
+                if strategy == "hard"
+                else f"there is no first stage for strategy={strategy!r}"
+            )
+            raise ListsError(
+                f"{store.root}/manifest.json: joint_space is false, so image-text cosine is "
+                f"meaningless and {what}; use strategy='random'"
+            )
+        if store.image_dim != store.text_dim:
+            raise ListsError(
+                f"{store.root}/manifest.json: image_dim {store.image_dim} != text_dim "
+                f"{store.text_dim}; cosine needs one joint space"
+            )
+    ranked_size = int(list_size) if strategy in RANKED_STRATEGIES else list_size  # else unused
+    return _Options(strategy, int(pool), int(hard), k_t2i, k_i2t, int(seed), ranked_size, pool_size)
+
+
+def _mine_file(
+    store: FeatureStore,
+    opts: _Options,
+    direction: str,
+    split: str,
+    *,
+    pool_size: int | None,
+    text_image: np.ndarray,
+    image_split: np.ndarray,
+    draw: Sequence[int] = (),
+) -> tuple[CandidateLists, dict[str, Any]]:
+    """Mine one (direction, split) file and check it (:func:`check_lists`); its lists and stats.
+
+    The queries (and i2t positives) are drawn from ``[seed, direction, split, _STAGE_SELECT]``;
+    the pools and shuffles from ``[seed, direction, split, _STAGE_POOL, *draw, block]``: ``draw``
+    is empty for the file :func:`mine_lists` writes and ``(epoch,)`` for a re-draw
+    (:func:`redraw_train_lists`), which keeps the queries and draws other pools.
+    ``pool_size``: the resolved pool of ``pool``, None for the other strategies.
+    """
+    code, dcode = SPLIT_CODES[split], _DIRECTION_CODES[direction]
+    name = lists_filename(direction, split)
+    use_emb = opts.strategy != "random"
+    problem, skipped = build_problem(
+        direction,
+        text_image,
+        image_split,
+        code,
+        t2i_captions_per_image=opts.k_t2i,
+        i2t_positives=opts.k_i2t,
+        rng=np.random.default_rng([opts.seed, dcode, code, _STAGE_SELECT]),
+        image_emb=store.image_emb if use_emb else None,
+        text_emb=store.text_emb if use_emb else None,
+    )
+    seed_key = (opts.seed, dcode, code, _STAGE_POOL, *draw)
+    if opts.ranked:
+        lists, s = _mine_ranked_file(
+            problem,
+            direction,
+            split,
+            list_size=opts.list_size,
+            pool_size=pool_size,
+            seed_key=seed_key,
+            skipped=skipped,
+        )
+    else:
+        mined = mine_arrays(
+            problem, pool=opts.pool, hard=opts.hard, strategy=opts.strategy, seed_key=seed_key
+        )
+        lists = CandidateLists(problem.query_ids, mined.candidates, mined.labels, direction, split)
+        added = (problem.positives >= 0).sum(axis=1)
+        s = _stats(
+            mined,
+            mined.labels,
+            pool=opts.pool,
+            hard=opts.hard,
+            skipped=skipped,
+            positives_added=added,
+        )
+        if s["lists_with_extra_positives"]:  # pragma: no cover - internal bug
+            raise AssertionError(f"{name}: a relevant item entered through the pool")
+    # Data hygiene, checked on every mined file (independently of the miner's logic).
+    check_lists(lists, where=f"{name} (just mined)", text_image=text_image, image_split=image_split)
+    return lists, s
+
+
+#: Strategies whose training lists :func:`redraw_train_lists` draws anew every epoch.
+REDRAWN_STRATEGIES: tuple[str, ...] = ("pool",)
+
+
+def check_redrawable(strategy: str) -> None:
+    """Raise :class:`ListsError` (naming ``data.mining.strategy``) unless the training lists of
+    ``strategy`` can be re-drawn every epoch (``data.redraw_train_lists``)."""
+    if strategy not in REDRAWN_STRATEGIES:
+        raise ListsError(
+            f"data.redraw_train_lists=true needs data.mining.strategy=pool, got {strategy!r}: "
+            "only pool lists are re-drawn (a new random pool per query and epoch); first_stage "
+            "lists hold no randomness, and hard/random lists are mined once"
+        )
+
+
+def redraw_train_lists(
+    store: FeatureStore, direction: str, mining: Mapping[str, Any], epoch: int
+) -> CandidateLists:
+    """The training lists of ``direction`` drawn anew for ``epoch`` (strategy ``pool`` only).
+
+    Exactly what :func:`mine_lists` does for the file ``<direction>_train.npz`` with the options
+    ``mining`` (its keyword options; missing ones take :data:`MINING_DEFAULTS`): the same queries
+    and positives, each list the top ``list_size`` of a random pool holding them, a list whose
+    positive misses the top dropped; only the pools (and the shuffles) are drawn from a stream
+    that also depends on ``epoch``. Epoch 0 is the mined file itself (same arrays, bit for bit);
+    every epoch's lists are a function of the store, ``mining`` and ``epoch`` alone, so a resumed
+    run draws the lists an uninterrupted one does. Checked like a mined file (:func:`check_lists`).
+
+    Raises:
+        ListsError: a strategy other than ``pool`` (:func:`check_redrawable`), an unknown or bad
+            option, a bad direction or epoch.
+    """
+    unknown = sorted(set(mining) - set(MINING_DEFAULTS))
+    if unknown:
+        raise ListsError(f"mining: unknown options {unknown} (known: {sorted(MINING_DEFAULTS)})")
+    if direction not in DIRECTIONS:
+        raise ListsError(f"direction: must be one of {DIRECTIONS}, got {direction!r}")
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+        raise ListsError(f"epoch: must be an int >= 0, got {epoch!r}")
+    options = {**MINING_DEFAULTS, **mining}
+    check_redrawable(options["strategy"])
+    opts = _checked_options(store, **options)
+    lists, _ = _mine_file(
+        store,
+        opts,
+        direction,
+        "train",
+        pool_size=_resolve_pool_size(store, direction, opts.pool_size),
+        text_image=np.asarray(store.text_image, dtype=np.int64),
+        image_split=np.asarray(store.image_split),
+        draw=() if epoch == 0 else (int(epoch),),
+    )
+    return lists
+
+
+def mined_options(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The :func:`mine_lists` options a lists directory was mined with, from its ``lists.json``
+    (:func:`read_lists_meta`); what :func:`redraw_train_lists` takes."""
+    params = meta["params"]
+    return {**{k: params[k] for k in MINING_DEFAULTS if k in params}, "seed": int(meta["seed"])}
 
 
 def _publish_file(tmp: Path, name: str, lists: CandidateLists, stats: dict[str, Any]) -> None:

@@ -31,6 +31,7 @@ VARIANT_PREFIXES = (
     "data.name",
     "data.mining.",
     "data.max_lists",
+    "data.redraw_train_lists",
     "protocol.full_gallery.first_stage",
 )
 

@@ -10,7 +10,14 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from xmr.data.mining import MINING_DEFAULTS, RANKED_STRATEGIES, STRATEGIES, TEST_GALLERY
+from xmr.data.mining import (
+    MINING_DEFAULTS,
+    RANKED_STRATEGIES,
+    STRATEGIES,
+    TEST_GALLERY,
+    ListsError,
+    check_redrawable,
+)
 from xmr.models.scorer import scorer_kind
 from xmr.utils.instantiate import ConfigError, check_targets
 
@@ -41,6 +48,14 @@ def validate_config(cfg: DictConfig) -> None:
             f"data.mining.hard={hard} > data.mining.pool={pool}: hard negatives are "
             "kept from the pool, so hard <= pool"
         )
+    redraw = data.get("redraw_train_lists", False)
+    if not isinstance(redraw, bool):
+        raise ConfigError(f"data.redraw_train_lists={redraw!r}: must be true or false")
+    if redraw:
+        try:
+            check_redrawable(strategy)
+        except ListsError as e:
+            raise ConfigError(str(e)) from None
     ks = list(cfg.get("ks", [1, 5, 10]))
     for k in ks:
         _positive_int(cfg, "ks[]", k)
