@@ -6,6 +6,7 @@
 #   infonce [first_stage=cosine]         InfoNCE re-ranking cosine's top 50
 #   lambdarank, neural_ndcg, listnet, ranknet   the paper's ranker on the paper's lists
 #   reranker_listnet [num_layers=1|0]    cosine -> re-ranker, and its no-attention ablation
+#   reranker_listnet [redraw_train_lists=True]  the same, training lists re-drawn every epoch
 #   reranker_listnet@<best>              best pairwise model (by validation) -> re-ranker
 #
 #   sweeps/rerank.sh                                   # DATA=synthetic_demo (SYNTHETIC)
@@ -31,6 +32,8 @@ xmr train -m "${COMMON[@]}" loss=lambdarank,neural_ndcg,listnet,ranknet "seed=$S
   "trainer.max_epochs=$EPOCHS" "hydra.sweep.dir=$ROOT/paper_rankers" "$@"
 xmr train -m "${COMMON[@]}" experiment=rerank "seed=$SEEDS" model.net.num_layers=1,0 \
   "trainer.max_epochs=$RERANK_EPOCHS" "hydra.sweep.dir=$ROOT/rerank_cosine" "$@"
+xmr train -m "${COMMON[@]}" experiment=rerank "seed=$SEEDS" data.redraw_train_lists=true \
+  "trainer.max_epochs=$RERANK_EPOCHS" "hydra.sweep.dir=$ROOT/rerank_cosine_redraw" "$@"
 
 # The best pairwise model by validation becomes a first stage: per seed, its embeddings as a
 # store (xmr embed), pool lists mined on it, and a re-ranker trained over it.
