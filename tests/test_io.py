@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,10 @@ import pytest
 from xmr.utils.io import (
     WORK_STATE,
     WorkDirMismatch,
+    atomic_write,
     atomic_write_text,
+    clean_stale_temps,
+    owner_tag,
     publish_dir,
     resume_work_dir,
 )
@@ -104,3 +109,54 @@ def test_atomic_write_gives_ordinary_permissions(tmp_path: Path) -> None:
         os.umask(umask)
     assert path.read_text() == "x" and path.stat().st_mode & 0o777 == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_atomic_write_names_its_temporary_with_its_owner(tmp_path: Path) -> None:
+    seen: list[str] = []
+    atomic_write(tmp_path / "a.bin", lambda tmp: seen.append(tmp.name) or tmp.write_bytes(b"1"))
+    assert seen[0].startswith(f".a.bin.{owner_tag()}.") and seen[0].endswith(".tmp")
+    assert owner_tag().endswith(f"-{os.getpid()}")
+
+
+def test_temporaries_of_dead_processes_are_cleaned_on_the_next_run(tmp_path: Path) -> None:
+    host = owner_tag().split("-")[0]
+    dead, other_host = f"{host}-{_dead_pid()}", f"{int(host, 16) ^ 1:08x}-{_dead_pid()}"
+    names = {
+        # a file of atomic_write, a store of write_store, an old directory of publish_dir
+        "dead_file": f".results.json.{dead}.0123abcd.tmp",
+        "dead_store": f"store.tmp-{dead}",
+        "dead_old": f".lists.old-{dead}",
+        "live_file": f".results.json.{owner_tag()}.0123abcd.tmp",  # this process: running
+        "other_host": f".results.json.{other_host}.0123abcd.tmp",  # not ours to judge
+        "no_owner": ".results.json.0123abcd.tmp",  # written before owners were recorded
+        "ordinary": "results.json",
+    }
+    for key, name in names.items():
+        if key in ("dead_store", "dead_old"):
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "x.npy").write_bytes(b"")
+        else:
+            (tmp_path / name).write_bytes(b"")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / names["dead_file"]).write_bytes(b"")
+
+    removed = clean_stale_temps(tmp_path)
+    assert sorted(p.name for p in removed) == sorted(
+        names[k] for k in ("dead_file", "dead_store", "dead_old")
+    )
+    assert (tmp_path / "sub" / names["dead_file"]).exists()  # not recursive unless asked
+    assert clean_stale_temps(tmp_path, recursive=True) == [tmp_path / "sub" / names["dead_file"]]
+    left = {k for k, n in names.items() if (tmp_path / n).exists()}
+    assert left == {"live_file", "other_host", "no_owner", "ordinary"}
+
+    # A resumed work directory is cleaned of them too.
+    work = resume_work_dir(tmp_path / "w", {"a": 1}, fmt="f/1")
+    (work / names["dead_file"]).write_bytes(b"")
+    resume_work_dir(work, {"a": 1}, fmt="f/1")
+    assert not (work / names["dead_file"]).exists()

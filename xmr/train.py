@@ -16,10 +16,21 @@ Reliability (tests/test_resume.py, tests/test_determinism.py):
   (:mod:`xmr.callbacks.resume`); a run killed at any point and started again with the same
   command redoes at most the epoch in progress and ends bit-identical to an uninterrupted run on
   CPU.
+- A run killed after its last epoch (before ``results.json``), or whose ``results.json`` could
+  not be written, or whose directory was moved, records on the rerun the same ``val/*``,
+  ``best_val/*`` and ``test/*`` values as an uninterrupted run (the last validation travels in
+  ``last.ckpt``; checkpoint paths follow the directory: :mod:`xmr.callbacks.resume`).
+- A run that starts fresh (no ``last.ckpt``, or ``resume=false``) deletes the checkpoints of an
+  earlier attempt; checkpoint names are never versioned (no ``best-v1.ckpt``), and ``xmr eval``
+  loads the checkpoint ``results.json`` names.
+- One record per epoch after any number of resumes, in ``metrics.jsonl`` and ``csv/metrics.csv``
+  (:class:`xmr.callbacks.history.MetricsHistoryCallback`, :class:`xmr.runs.loggers.RunCSVLogger`);
+  temporaries of dead processes in the run directory are deleted when it starts again.
 - A run that raises writes ``failed.json`` (``{"error": "<Type>: <message>", "traceback",
   "config", "seed"}``, secrets scrubbed) instead of ``results.json`` and re-raises; a later
-  success removes it. Under ``-m`` Hydra's basic launcher still runs the sweep's other jobs and
-  exits non-zero at the end (it raises the first job error after the batch).
+  success removes it. The two never stand side by side (the rules:
+  :mod:`xmr.runs.lifecycle`). Under ``-m`` Hydra's basic launcher still runs the sweep's other
+  jobs and exits non-zero at the end (it raises the first job error after the batch).
 - ``config.yaml``, ``results.json`` and ``failed.json`` are written with secrets scrubbed
   (:func:`xmr.runs.lifecycle.write_record`). Hydra's own ``.hydra/overrides.yaml`` records the command
   line verbatim: pass W&B keys through the environment (``WANDB_API_KEY``), never as overrides.
@@ -38,7 +49,9 @@ from omegaconf import DictConfig
 
 from xmr.callbacks.resume import (
     AtomicCheckpointIO,
+    LastValidationCallback,
     RNGStateCallback,
+    clear_checkpoints,
     last_checkpoint_callback,
     resume_checkpoint,
 )
@@ -46,9 +59,9 @@ from xmr.data.datamodule import XMRDataModule
 from xmr.models.build import build_module, load_weights
 from xmr.models.module import RankingModule
 from xmr.runs.lifecycle import (
-    CONFIG_FILE,
     FAILED_FILE,
     RESULTS_FILE,
+    begin_attempt,
     output_dir_of,
     test_record,
     write_failure,
@@ -75,25 +88,31 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (when the model has parameters), test on the best checkpoint, write results.
 
     On an error the run writes ``failed.json`` (:func:`write_failure`) into its directory instead
-    of ``results.json`` and re-raises; a successful run removes a stale ``failed.json``.
+    of ``results.json`` and re-raises; a successful run removes a stale ``failed.json``. An error
+    after this attempt wrote its ``results.json`` leaves the results and writes no
+    ``failed.json`` (see :mod:`xmr.runs.lifecycle`).
     """
+    published: list[Path] = []  # results.json, once this attempt has written it
     try:
         with torch_runtime(cfg):
-            return _train(cfg)
+            return _train(cfg, published)
     except Exception as exc:
-        write_failure(output_dir_of(cfg), cfg, exc)
+        if published:
+            log.error("%s written, then the run failed (%s); no failed.json", published[0], exc)
+        else:
+            write_failure(output_dir_of(cfg), cfg, exc)
         raise
 
 
-def _train(cfg: DictConfig) -> dict[str, Any]:
+def _train(cfg: DictConfig, published: list[Path]) -> dict[str, Any]:
     validate_config(cfg)
     out = output_dir_of(cfg)
     done = finished_results(out, cfg)
     if done is not None:  # a sweep rerun: this job already finished with the same config
         log.info("%s: already finished (results.json present); skipping", out)
+        remove_if_exists(out / FAILED_FILE)
         return done
-    out.mkdir(parents=True, exist_ok=True)
-    write_record(out / CONFIG_FILE, cfg)
+    begin_attempt(out, cfg)
     L.seed_everything(int(cfg.seed), workers=True)
 
     dm: XMRDataModule = instantiate(cfg.data, where="data")
@@ -106,11 +125,13 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         if c is not None
     ]
     callbacks.append(RNGStateCallback())  # resumed runs continue the same random streams
+    last_val = LastValidationCallback()  # a run resumed after its last epoch records it too
+    callbacks.append(last_val)
     callbacks.append(last_checkpoint_callback(out))
     loggers = build_loggers(cfg)
     exit_code = 1
     try:
-        results = _fit_and_test(cfg, out, dm, module, callbacks, loggers)
+        results = _fit_and_test(cfg, out, dm, module, callbacks, loggers, last_val, published)
         exit_code = 0
         return results
     finally:
@@ -125,6 +146,8 @@ def _fit_and_test(
     module: RankingModule,
     callbacks: list[Any],
     loggers: list[Any],
+    last_val: LastValidationCallback,
+    published: list[Path],
 ) -> dict[str, Any]:
     # Training lists drawn anew every epoch (data.redraw_train_lists): the train loader is
     # rebuilt at the start of every epoch.
@@ -147,17 +170,22 @@ def _fit_and_test(
         resume = resume_checkpoint(out, enabled=bool(cfg.get("resume", True)))
         if resume:
             log.info("resuming from %s", resume)
+        else:  # stale ones of an earlier attempt are never taken for this run's (every DDP
+            # rank decides alike here, before any of them writes a checkpoint)
+            clear_checkpoints(out)
         trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         best_ckpt = Path(best) if best else None
         score = getattr(trainer.checkpoint_callback, "best_model_score", None)
         best_val = float(score) if score is not None else None
-        if best_ckpt and best_ckpt.exists():
+        if best_ckpt is not None:
+            if not best_ckpt.is_file():
+                raise FileNotFoundError(f"{best_ckpt}: the run's best checkpoint is missing")
             load_weights(module, best_ckpt)
 
     results: dict[str, Any] = {}
     if cfg.get("test", True):
-        val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        val = last_val.values(trainer)
         results = test_record(
             cfg,
             module,
@@ -172,8 +200,9 @@ def _fit_and_test(
             best_val=best_val,
         )
         if trainer.is_global_zero:
+            remove_if_exists(out / FAILED_FILE)  # first: a kill in between leaves neither
             results = write_record(out / RESULTS_FILE, results)
-            remove_if_exists(out / FAILED_FILE)
+            published.append(out / RESULTS_FILE)
             log_final_results(loggers, results)
     return results
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import lightning as L
 
+from xmr.utils.io import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 
@@ -17,6 +19,12 @@ class MetricsHistoryCallback(L.Callback):
 
     Each line is one complete JSON record written with a single ``write`` call; a reader skips a
     trailing partial line left by a kill. Validation curves in reports are drawn from this file.
+
+    One record per (stage, epoch), whatever the run went through: a record of epoch ``e``
+    supersedes the records of the same stage and epoch and every record of a later epoch (those
+    of an attempt that was killed before its checkpoint, redone by the resumed run; a fresh start
+    supersedes them all with its first record). The file is then rewritten atomically
+    (:func:`xmr.utils.io.atomic_write_text`), as it is when a kill left a torn last line.
     """
 
     def __init__(
@@ -39,9 +47,7 @@ class MetricsHistoryCallback(L.Callback):
             "step": int(trainer.global_step),
             **values,
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
+        append_record(self.path, record)
         shown = " ".join(
             f"{k}={v:.4f}"
             for k, v in sorted(values.items())
@@ -67,3 +73,27 @@ def read_history(path: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+def _superseded(old: dict, new: dict) -> bool:
+    """Whether ``new`` replaces the earlier record ``old`` (see :class:`MetricsHistoryCallback`)."""
+    epoch = old.get("epoch")
+    if not isinstance(epoch, int):
+        return False
+    return epoch > new["epoch"] or (epoch == new["epoch"] and old.get("stage") == new["stage"])
+
+
+def append_record(path: Path, record: dict) -> None:
+    """Add ``record`` to the ``metrics.jsonl`` at ``path``: appended with one ``write`` when it
+    supersedes nothing there and the file ends with a complete line, else the file is rewritten
+    atomically without the superseded records (and a torn last line)."""
+    line = json.dumps(record) + "\n"
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    earlier = read_history(path) if text else []
+    kept = [r for r in earlier if not _superseded(r, record)]
+    if len(kept) == len(earlier) and (not text or text.endswith("\n")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+        return
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept) + line)

@@ -6,11 +6,19 @@ redoes at most the epoch in progress and ends bit-identical to an uninterrupted 
 
 - :func:`last_checkpoint_callback` writes ``checkpoints/last.ckpt`` at the end of every epoch;
 - :class:`AtomicCheckpointIO` writes every checkpoint into a temporary sibling and renames it;
-- :class:`RNGStateCallback` saves and restores the global RNGs and the data module's train order.
+- :class:`RNGStateCallback` saves and restores the global RNGs and the data module's train order;
+- :class:`LastValidationCallback` saves the last validation's values, so that a run resumed after
+  its last epoch (killed before ``results.json``) records the same ``val/*`` values;
+- :class:`RunCheckpoint` (every checkpoint callback of a run) never writes ``-v1`` names and
+  follows a run directory that was moved;
+- :func:`clear_checkpoints`: a run that starts fresh deletes the checkpoints of an earlier attempt
+  (a ``best.ckpt`` written before the first ``last.ckpt`` would otherwise be taken for its own).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -23,6 +31,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from xmr.utils.io import atomic_write
 
+log = logging.getLogger(__name__)
+
 LAST_CHECKPOINT = "last"  # <run dir>/checkpoints/last.ckpt
 
 
@@ -30,6 +40,102 @@ def resume_checkpoint(out: Path, enabled: bool = True) -> Path | None:
     """``<out>/checkpoints/last.ckpt`` when it exists and resuming is ``enabled``, else None."""
     last = Path(out) / "checkpoints" / f"{LAST_CHECKPOINT}.ckpt"
     return last if enabled and last.exists() else None
+
+
+def clear_checkpoints(out: Path) -> list[Path]:
+    """Delete the checkpoints in ``<out>/checkpoints`` (a run starting fresh: they belong to an
+    earlier attempt, e.g. the ``best.ckpt`` of a run killed before its first ``last.ckpt``, or a
+    run started again with ``resume=false``). Returns what was deleted."""
+    ckpt_dir = Path(out) / "checkpoints"
+    removed = sorted(ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
+    for path in removed:
+        path.unlink(missing_ok=True)
+    if removed:
+        log.info("starting fresh: deleted %s", ", ".join(p.name for p in removed))
+    return removed
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` for a run directory that restarts and moves.
+
+    - ``enable_version_counter`` defaults to False: a name is overwritten (atomically, by
+      :class:`AtomicCheckpointIO`), never turned into ``best-v1.ckpt`` beside a stale
+      ``best.ckpt``.
+    - A checkpoint written under another ``dirpath`` (the run directory was moved or copied) is
+      restored with its paths mapped into this ``dirpath``. Lightning's own callback would keep
+      the old ``best_model_path`` and drop ``best_model_score`` and the top-k state, so a resumed
+      run would test the old directory's weights (or the last ones) and record no best value.
+    """
+
+    def __init__(self, *args: Any, enable_version_counter: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, enable_version_counter=enable_version_counter, **kwargs)
+
+    @property
+    def state_key(self) -> str:
+        # Lightning's key names the class: keep ModelCheckpoint's, so checkpoints written before
+        # (or read by a plain ModelCheckpoint) restore this callback's state and vice versa.
+        return super().state_key.replace(type(self).__qualname__, "ModelCheckpoint", 1)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath")
+        new = self.dirpath
+        if old and new and str(old) != str(new):
+            log.info("checkpoint dirpath moved: %s -> %s", old, new)
+            state_dict = _relocated(state_dict, str(old), str(new))
+        super().load_state_dict(state_dict)
+
+
+def _relocated(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """``ModelCheckpoint`` state with the paths below ``old`` moved below ``new``."""
+
+    def move(path: Any) -> Any:
+        if isinstance(path, str) and path.startswith(old.rstrip(os.sep) + os.sep):
+            return os.path.join(new, os.path.relpath(path, old))
+        return path
+
+    state = dict(state)
+    state["dirpath"] = new
+    for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+        if key in state:
+            state[key] = move(state[key])
+    if isinstance(state.get("best_k_models"), dict):
+        state["best_k_models"] = {move(k): v for k, v in state["best_k_models"].items()}
+    return state
+
+
+class LastValidationCallback(L.Callback):
+    """Saves the last validation's ``val/*`` values in each checkpoint.
+
+    ``results.json`` records them from ``trainer.callback_metrics``, which a run resumed after its
+    last epoch (killed between the final ``last.ckpt`` and ``results.json``, or whose
+    ``results.json`` could not be written) never fills: fit has nothing left to do.
+    :meth:`values` gives this process's last validation, else the checkpoint's, so the record holds
+    the values an uninterrupted run records. Plain floats: checkpoints load with
+    ``weights_only=True``.
+    """
+
+    state_key = "xmr.last_validation"  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        self._trainer: L.Trainer | None = None
+        self._restored: dict[str, float] = {}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def values(self, trainer: L.Trainer | None = None) -> dict[str, float]:
+        """The ``val/*`` values of the last validation of the run (this process's, else those
+        restored from the checkpoint it resumed from; empty when neither validated)."""
+        trainer = trainer or self._trainer
+        metrics = trainer.callback_metrics if trainer is not None else {}
+        current = {k: float(v) for k, v in metrics.items() if k.startswith("val/")}
+        return current or dict(self._restored)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"val": self.values()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = {str(k): float(v) for k, v in (state_dict.get("val") or {}).items()}
 
 
 class RNGStateCallback(L.Callback):
@@ -116,7 +222,7 @@ def last_checkpoint_callback(out: Path) -> ModelCheckpoint:
     ``last.ckpt`` only in epochs where a top-k checkpoint was saved, i.e. where the monitored
     metric improved, so a killed run would redo every epoch since its best one.
     """
-    return ModelCheckpoint(
+    return RunCheckpoint(
         dirpath=str(Path(out) / "checkpoints"),
         filename=LAST_CHECKPOINT,
         monitor=None,

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from xmr.utils.io import publish_dir
+from xmr.utils.io import clean_stale_temps, owner_tag, publish_dir
 
 __all__ = [
     "FORMAT",
@@ -541,7 +541,7 @@ def write_store(
             (within :data:`NORM_TOLERANCE`).
         overwrite: replace an existing store at ``path``; otherwise an existing path is an error.
 
-    Files are written into ``<path>.tmp-<pid>``, validated with :meth:`FeatureStore.open`, and
+    Files are written into ``<path>.tmp-<owner>`` (:func:`xmr.utils.io.owner_tag`), validated with :meth:`FeatureStore.open`, and
     only then published at ``path`` by :func:`xmr.utils.io.publish_dir` (fsync, rename; an
     existing store is swapped out in one step), so ``path`` never holds a mix. On any error the
     temp directory is removed and an old store stays untouched.
@@ -609,7 +609,8 @@ def write_store(
         raise StoreError(f"encoder: provenance must be JSON-serialisable ({exc})") from exc
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    clean_stale_temps(target.parent)  # stores half-written by processes that are gone
+    tmp = target.with_name(f"{target.name}.tmp-{owner_tag()}")
     if tmp.exists():
         shutil.rmtree(tmp)  # leftover of a crashed write by a process with the same pid
     try:

@@ -4,13 +4,29 @@
 - :func:`write_record` — the one writer of run records (``config.yaml``, ``results.json``,
   ``eval_results.json``, ``failed.json``): atomic, secrets scrubbed
   (:func:`xmr.utils.secrets.scrub_secrets`) inside it, so no caller scrubs;
+- :func:`begin_attempt` — a run directory made ready for an attempt that (re)does the run;
 - :func:`write_failure` — ``failed.json`` of a run that raised;
 - :func:`test_record` — test a module and assemble its results record;
-- :func:`restore_run` — a finished run rebuilt from its ``config.yaml`` and checkpoint.
+- :func:`restore_run` — a finished run rebuilt from its ``config.yaml`` and checkpoint
+  (:func:`run_checkpoint`: the one its ``results.json`` names).
+
+``results.json`` and ``failed.json`` never contradict each other: a run directory shows the
+outcome of its latest attempt.
+
+- An attempt that (re)does the run (not skipped as finished) deletes a ``results.json`` of an
+  earlier attempt first (:func:`begin_attempt`): it is about to overwrite the config, checkpoints
+  and predictions that record describes.
+- A success deletes ``failed.json`` before writing ``results.json`` (a kill in between leaves
+  neither: an interrupted run); a skipped, already finished run deletes a stale ``failed.json``.
+- A failure deletes ``results.json`` before writing ``failed.json`` (:func:`write_failure`).
+- A failure after the attempt wrote its ``results.json`` (finishing loggers, W&B's summary) writes
+  no ``failed.json``: the results are complete and stay; the error is logged and raised.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +44,15 @@ from xmr.models.scorer import scorer_kind
 from xmr.runs.results import results_record, write_full_predictions, write_predictions
 from xmr.utils.config import validate_config
 from xmr.utils.instantiate import instantiate
-from xmr.utils.io import atomic_write_json, atomic_write_text
+from xmr.utils.io import (
+    atomic_write_json,
+    atomic_write_text,
+    clean_stale_temps,
+    remove_if_exists,
+)
 from xmr.utils.secrets import scrub_secrets
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 RESULTS_FILE = "results.json"
@@ -68,10 +91,23 @@ def write_record(path: str | Path, record: Any) -> Any:
     return scrubbed
 
 
+def begin_attempt(out: Path, cfg: DictConfig) -> None:
+    """Make ``out`` ready for an attempt that (re)does its run: create it, delete temporaries of
+    dead processes below it (:func:`xmr.utils.io.clean_stale_temps`) and a ``results.json`` of an
+    earlier attempt (see the module docstring), then write ``config.yaml``."""
+    out.mkdir(parents=True, exist_ok=True)
+    for path in clean_stale_temps(out, recursive=True):
+        log.info("deleted %s (a temporary of a process that is gone)", path)
+    if remove_if_exists(out / RESULTS_FILE):
+        log.info("%s: deleted the results of an earlier attempt", out / RESULTS_FILE)
+    write_record(out / CONFIG_FILE, cfg)
+
+
 def write_failure(out: Path, cfg: DictConfig, exc: BaseException) -> Path:
     """Write ``<out>/failed.json``: ``{"error": "<Type>: <message>", "traceback", "config",
-    "seed"}`` (config resolved when possible). ``xmr report`` lists such jobs as failed; a later
-    successful run of the job removes the file."""
+    "seed"}`` (config resolved when possible), after deleting a ``results.json`` there (one of an
+    earlier attempt: the directory shows its latest). ``xmr report`` lists such jobs as failed; a
+    later successful run of the job removes the file."""
     seed = cfg.get("seed") if isinstance(cfg, DictConfig) else None
     record = {
         "format": "xmr-failed/1",
@@ -81,6 +117,7 @@ def write_failure(out: Path, cfg: DictConfig, exc: BaseException) -> Path:
         "seed": int(seed) if isinstance(seed, int) else seed,
     }
     path = Path(out) / FAILED_FILE
+    remove_if_exists(Path(out) / RESULTS_FILE)
     write_record(path, record)
     return path
 
@@ -133,12 +170,35 @@ class RestoredRun:
     checkpoint: Path | None
 
 
+def run_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint a finished run was tested with: the one its ``results.json`` names, found
+    in ``run_dir`` when the directory was moved (``<run_dir>/checkpoints/<name>`` when the named
+    path lies outside ``run_dir`` and that file exists); ``<run_dir>/checkpoints/best.ckpt``
+    without a ``results.json`` naming one."""
+    run_dir = Path(run_dir)
+    default = run_dir / "checkpoints" / "best.ckpt"
+    try:
+        named = json.loads((run_dir / RESULTS_FILE).read_text(encoding="utf-8")).get("checkpoint")
+    except (OSError, ValueError, AttributeError):
+        return default
+    if not named:
+        return default
+    path = Path(str(named))
+    if not path.is_absolute():
+        return run_dir / path
+    inside = path.resolve() == run_dir.resolve() or run_dir.resolve() in path.resolve().parents
+    moved = run_dir / "checkpoints" / path.name
+    if not inside and moved.is_file():
+        return moved
+    return path
+
+
 def restore_run(
     run_dir: str | Path, overrides: list[str] | None = None, ckpt: str | Path | None = None
 ) -> RestoredRun:
     """Rebuild the run of ``run_dir`` from its ``config.yaml`` (with dotted ``overrides`` on top),
-    validated like a new run, and load ``ckpt`` (default: the run's ``checkpoints/best.ckpt``
-    when its model has parameters)."""
+    validated like a new run, and load ``ckpt`` (default, when its model has parameters: the
+    checkpoint its ``results.json`` names, :func:`run_checkpoint`)."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / CONFIG_FILE
     if not cfg_path.exists():
@@ -154,7 +214,7 @@ def restore_run(
     module = build_module(cfg, dm)
     ckpt_path: Path | None = Path(ckpt) if ckpt else None
     if ckpt_path is None and scorer_kind(cfg.model).fits:
-        ckpt_path = run_dir / "checkpoints" / "best.ckpt"
+        ckpt_path = run_checkpoint(run_dir)
     if ckpt_path is not None:
         if not ckpt_path.exists():
             raise FileNotFoundError(f"{ckpt_path}: checkpoint not found")

@@ -2,6 +2,8 @@
 
 ``conf/logger/<name>.yaml`` holds ``{<name>: {_target_: ...}}``, so options combine on the command
 line: ``logger=wandb``, ``logger=[csv,wandb]``, ``logger=many`` (csv + tensorboard + wandb).
+The CSV logger is :class:`RunCSVLogger`: Lightning's, keeping the rows of a resumed run's earlier
+epochs in ``csv/metrics.csv``.
 :func:`build_loggers` instantiates them and fills W&B's run names from the sweep:
 
 * ``group``: what stays equal across the seeds of one setting — data name, method and every
@@ -23,6 +25,9 @@ final test table is logged as a ``wandb.Table`` (:func:`log_final_results`), and
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
+import math
 import netrc
 import os
 import sys
@@ -31,13 +36,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from xmr.data.store import TABLE_ORDER
 from xmr.runs.naming import method_name
 from xmr.utils.instantiate import buildable, instantiate
+from xmr.utils.io import atomic_write_text
 from xmr.utils.secrets import scrub_secrets
 
 #: Overrides that do not define a setting (seed varies inside a group; the others manage runs).
@@ -106,6 +114,75 @@ def make_wandb_logger(
         tags=list(tags),
         **kwargs,
     )
+
+
+# -- CSV ---------------------------------------------------------------------------------------
+def _row_epoch(row: Mapping[str, Any]) -> float | None:
+    """A row's ``epoch`` (None when it has none, or the row is torn: a value missing)."""
+    if any(v is None for v in row.values()):
+        return None
+    try:
+        epoch = float(row.get("epoch", ""))
+    except (TypeError, ValueError):
+        return None
+    return epoch if math.isfinite(epoch) else None
+
+
+def _csv_text(keys: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(keys))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+class _ResumedCSVWriter(ExperimentWriter):
+    """Lightning's CSV writer, which deletes ``metrics.csv`` when it starts, made to keep it.
+
+    The first save merges: the rows there of epochs before the first epoch this process logs
+    stay (a resumed run logs from its resume epoch on; a fresh start from 0, dropping them all;
+    a run resumed after its last epoch logs only its test row). Later rows of a killed attempt, a
+    torn last row and the test row of an earlier attempt are dropped, so each epoch's rows appear
+    once. Every rewrite is atomic.
+    """
+
+    def _check_log_dir_exists(self) -> None:
+        self._earlier: list[dict[str, Any]] | None = None
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="", encoding="utf-8") as fh:
+                self._earlier = list(csv.DictReader(fh))
+
+    def save(self) -> None:
+        if self._earlier is None or not self.metrics:
+            super().save()
+            return
+        epochs = [e for e in map(_row_epoch, self.metrics) if e is not None]
+        start = min(epochs) if epochs else math.inf
+        kept = [r for r in self._earlier if (e := _row_epoch(r)) is not None and e < start]
+        self._earlier = None
+        keys = {k for r in kept for k, v in r.items() if v not in ("", None)}
+        self.metrics_keys = sorted(keys | set().union(*self.metrics))
+        atomic_write_text(self.metrics_file_path, _csv_text(self.metrics_keys, kept + self.metrics))
+        self.metrics = []
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        with open(self.metrics_file_path, newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        atomic_write_text(self.metrics_file_path, _csv_text(fieldnames, rows))
+
+
+class RunCSVLogger(CSVLogger):
+    """Lightning's ``CSVLogger`` for a run that resumes: ``<log dir>/metrics.csv`` holds the whole
+    history, one set of rows per epoch, however often the run was killed and started again
+    (:class:`_ResumedCSVWriter`). Lightning's own deletes the file when a resumed run starts."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ResumedCSVWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 def _hydra_overrides() -> list[str] | None:

@@ -10,6 +10,14 @@
 - A resumable work directory (:func:`resume_work_dir`) records the inputs its parts were
   computed from (``state.json``); a run started again with the same inputs keeps the finished
   parts, one with other inputs discards them or is refused.
+- Every temporary name carries its owner, ``<host>-<pid>`` (:func:`owner_tag`): a temporary file
+  ``.<name>.<owner>.<random>.tmp`` (:func:`atomic_write`), a store being written
+  ``<name>.tmp-<owner>`` (:func:`xmr.data.store.write_store`), a directory being replaced
+  ``.<name>.old-<owner>`` (:func:`publish_dir`). A process killed mid-write leaves them behind;
+  :func:`clean_stale_temps` deletes those of processes of this host that are gone, and the next
+  run calls it where it writes (run directories, work directories, the parent of a published
+  directory). Temporaries of names without an owner (written before owners were recorded) are
+  left alone: nothing tells whether their writer still runs.
 """
 
 from __future__ import annotations
@@ -19,7 +27,10 @@ import ctypes.util
 import errno
 import json
 import os
+import re
 import shutil
+import socket
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -32,21 +43,97 @@ __all__ = [
     "atomic_write",
     "atomic_write_json",
     "atomic_write_text",
+    "clean_stale_temps",
+    "owner_tag",
     "publish_dir",
     "remove_if_exists",
     "resume_work_dir",
+    "stale_temp",
 ]
 
 #: The file of a work directory that records its format and inputs.
 WORK_STATE = "state.json"
 
 
+# ------------------------------------------------------------------------------------- owners
+def _host_tag() -> str:
+    """8 hex digits naming this host (a hash of its name): temporaries on a file system shared
+    by several hosts are only judged by the host that wrote them."""
+    return f"{zlib.crc32(socket.gethostname().encode('utf-8')):08x}"
+
+
+def owner_tag() -> str:
+    """``<host>-<pid>``: the process writing a temporary, as recorded in its name."""
+    return f"{_host_tag()}-{os.getpid()}"
+
+
+_OWNER = r"(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)"
+#: Temporary names of :func:`atomic_write`, :func:`xmr.data.store.write_store`, :func:`publish_dir`.
+_TEMP_NAMES = (
+    re.compile(rf"^\..+\.{_OWNER}\.[0-9a-f]{{8}}\.tmp$"),
+    re.compile(rf"^.+\.tmp-{_OWNER}$"),
+    re.compile(rf"^\..+\.old-{_OWNER}$"),
+)
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs (one of another user counts as running)."""
+    if pid <= 0:
+        return True  # not a pid a writer can have: never judged dead
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_temp(path: Path) -> bool:
+    """True when ``path`` is a temporary (named with its owner) of a process of this host that no
+    longer runs."""
+    for pattern in _TEMP_NAMES:
+        m = pattern.match(path.name)
+        if m:
+            return m["host"] == _host_tag() and not _process_alive(int(m["pid"]))
+    return False
+
+
+def clean_stale_temps(directory: str | Path, *, recursive: bool = False) -> list[Path]:
+    """Delete the temporaries in ``directory`` (and below it, when ``recursive``) left by
+    processes of this host that are gone (:func:`stale_temp`): files and directories. Those of
+    running processes, of other hosts and names without an owner stay. Returns what was
+    deleted."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed: list[Path] = []
+    pending = [directory]
+    while pending:
+        here = pending.pop()
+        try:
+            entries = list(here.iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            if stale_temp(entry):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                removed.append(entry)
+            elif recursive and entry.is_dir() and not entry.is_symlink():
+                pending.append(entry)
+    return removed
+
+
 # ------------------------------------------------------------------------------------- files
 def _temp_sibling(path: Path) -> Path:
-    """Create an empty, uniquely named hidden sibling of ``path`` (permissions as ``open`` gives:
-    0666 less the umask, like any other file the program writes)."""
+    """Create an empty, uniquely named hidden sibling of ``path``, named with its owner
+    (:func:`owner_tag`; permissions as ``open`` gives: 0666 less the umask, like any other file
+    the program writes)."""
     while True:
-        tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp")
+        tmp = path.with_name(f".{path.name}.{owner_tag()}.{os.urandom(4).hex()}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
@@ -160,10 +247,11 @@ def publish_dir(
     mechanism used everywhere: ``renameat2(RENAME_EXCHANGE)`` swaps ``tmp`` and ``target`` in one
     step (``target`` always holds a complete directory, old or new) and the old one, now at
     ``tmp``, is deleted. Where the kernel or file system lacks the swap, two renames: the old
-    directory is parked at ``.<name>.old-<pid>`` beside it, the new one renamed into place (the
+    directory is parked at ``.<name>.old-<owner>`` beside it, the new one renamed into place (the
     old one is put back if that fails), then the old one deleted; between the two renames
     ``target`` is briefly absent, never a mix. A failure to delete the old directory once the
-    new one is in place is not an error (the new directory is published).
+    new one is in place is not an error (the new directory is published). Old directories left
+    beside ``target`` by dead processes (:func:`clean_stale_temps`) are deleted first.
 
     On an error ``tmp`` is left to the caller (which removes it, or keeps it to resume).
     """
@@ -177,13 +265,14 @@ def publish_dir(
                 else:
                     entry.unlink()
     _fsync_tree(tmp)
+    clean_stale_temps(target.parent)
     if target.exists():
         if not replace:
             raise FileExistsError(f"{target}: already exists (not replacing it)")
         if _exchange(tmp, target):
             shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old directory
         else:
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            old = target.with_name(f".{target.name}.old-{owner_tag()}")
             if old.exists():
                 shutil.rmtree(old)  # left by a crashed replace of a process with the same pid
             os.replace(target, old)
@@ -223,7 +312,8 @@ def resume_work_dir(
     unreadable while ``path`` exists: ``on_mismatch="discard"`` deletes ``path`` and starts an
     empty one; ``"raise"`` raises :class:`WorkDirMismatch` for a state of other inputs and adopts
     a directory without a state (the caller decides whether what is there may be kept).
-    A new state is written atomically.
+    A new state is written atomically. Temporaries of dead processes inside a kept directory
+    are deleted (:func:`clean_stale_temps`).
     """
     path = Path(path)
     want = {"format": fmt, "key": json.loads(json.dumps(dict(key)))}
@@ -235,6 +325,7 @@ def resume_work_dir(
         except (OSError, ValueError):
             state = {}
         if state == want:
+            clean_stale_temps(path, recursive=True)
             return path
         if on_mismatch == "raise":
             old = state.get("key") if isinstance(state, dict) else None
