@@ -20,6 +20,8 @@ Reliability (tests/test_resume.py, tests/test_determinism.py):
   "config", "seed"}``, secrets scrubbed) instead of ``results.json`` and re-raises; a later
   success removes it. Under ``-m`` Hydra's basic launcher still runs the sweep's other jobs and
   exits non-zero at the end (it raises the first job error after the batch).
+- ``results.json`` and ``failed.json`` record the run's provenance (xmr version, git commit and
+  dirty flag, library versions, command line, host, start time: :mod:`xmr.utils.provenance`).
 - ``config.yaml``, ``results.json`` and ``failed.json`` are written with secrets scrubbed
   (:func:`xmr.runs.lifecycle.write_record`). Hydra's own ``.hydra/overrides.yaml`` records the command
   line verbatim: pass W&B keys through the environment (``WANDB_API_KEY``), never as overrides.
@@ -66,6 +68,7 @@ from xmr.utils.config import validate_config
 from xmr.utils.instantiate import instantiate
 from xmr.utils.io import remove_if_exists
 from xmr.utils.paths import CONF_DIR
+from xmr.utils.provenance import utc_now
 from xmr.utils.runtime import torch_runtime
 
 log = logging.getLogger(__name__)
@@ -77,15 +80,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     On an error the run writes ``failed.json`` (:func:`write_failure`) into its directory instead
     of ``results.json`` and re-raises; a successful run removes a stale ``failed.json``.
     """
+    started = utc_now()  # provenance.started of the records
     try:
         with torch_runtime(cfg):
-            return _train(cfg)
+            return _train(cfg, started)
     except Exception as exc:
-        write_failure(output_dir_of(cfg), cfg, exc)
+        write_failure(output_dir_of(cfg), cfg, exc, started=started)
         raise
 
 
-def _train(cfg: DictConfig) -> dict[str, Any]:
+def _train(cfg: DictConfig, started: str) -> dict[str, Any]:
     validate_config(cfg)
     out = output_dir_of(cfg)
     done = finished_results(out, cfg)
@@ -110,7 +114,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     loggers = build_loggers(cfg)
     exit_code = 1
     try:
-        results = _fit_and_test(cfg, out, dm, module, callbacks, loggers)
+        results = _fit_and_test(cfg, out, dm, module, callbacks, loggers, started)
         exit_code = 0
         return results
     finally:
@@ -125,6 +129,7 @@ def _fit_and_test(
     module: RankingModule,
     callbacks: list[Any],
     loggers: list[Any],
+    started: str,
 ) -> dict[str, Any]:
     trainer: L.Trainer = instantiate(
         cfg.trainer,
@@ -166,6 +171,7 @@ def _fit_and_test(
             checkpoint=best_ckpt,
             epochs_run=int(trainer.current_epoch),
             best_val=best_val,
+            started=started,
         )
         if trainer.is_global_zero:
             results = write_record(out / RESULTS_FILE, results)
