@@ -5,10 +5,12 @@ constraints.txt, which ``make install`` applies (``pip install -c constraints.tx
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
 REPO = Path(__file__).resolve().parents[1]
 PAIR = ("torch", "torchvision")
