@@ -3,8 +3,8 @@ SHELL := /bin/bash
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# torch and torchvision only import together as this pair (see README "Set-up").
-TORCH_PAIR := torch==2.14.1 torchvision==0.29.1
+# The exact torch/torchvision pair of the project's machines (pyproject.toml declares ranges).
+CONSTRAINTS := constraints.txt
 DEMO_DIR ?= logs/demo
 DEMO_EPOCHS ?= 15
 REPORT_ROOT ?= $(DEMO_DIR)
@@ -18,11 +18,10 @@ REPORT_IMAGES ?=
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(TORCH_PAIR)
-	$(BIN)/pip install -q -e '.[dev,wandb]'
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e '.[dev,wandb]'
 	touch $@
 
 install: $(BIN)/.installed ## create .venv and install xmr with its dev and wandb extras

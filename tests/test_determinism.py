@@ -1,8 +1,9 @@
-"""Same seed, same command -> bit-identical ``results.json`` on CPU (SYNTHETIC tiny store).
+"""Same seed, same command -> bit-identical ``results.json`` on CPU (SYNTHETIC tiny store), up
+to ``provenance.started`` (the run's start time).
 
 The run is done twice in the same output directory (the first run's outputs deleted in between),
-so even the paths inside ``results.json`` agree; any timestamp or nondeterministic value would
-break the byte comparison. A failed run's ``failed.json`` is removed by the next success.
+so even the paths inside ``results.json`` agree; any other timestamp or nondeterministic value
+would break the byte comparison. A failed run's ``failed.json`` is removed by the next success.
 """
 
 from __future__ import annotations
@@ -50,13 +51,22 @@ def test_same_seed_gives_bit_identical_results_json(tiny_store: Path, tmp_path: 
     first_pred = {d: dict(np.load(run / f"predictions_{d}.npz")) for d in ("t2i", "i2t")}
     shutil.rmtree(run)
     train(_cfg(tmp_path, tiny_store))
-    assert (run / "results.json").read_bytes() == first
+    second = (run / "results.json").read_bytes()
+    assert _unstarted(second) == _unstarted(first)
     for d, arrays in first_pred.items():
         with np.load(run / f"predictions_{d}.npz") as z:
             for k, v in arrays.items():
                 assert np.array_equal(z[k], v, equal_nan=True), (d, k)
     results = json.loads(first)
     assert results["seed"] == 3 and results["config"]["seed"] == 3
+    assert set(results["provenance"]) >= {"xmr", "git", "torch", "argv", "hostname", "started"}
+
+
+def _unstarted(text: bytes) -> bytes:
+    """``results.json`` bytes with the value of ``provenance.started`` blanked."""
+    started = json.loads(text)["provenance"]["started"]
+    assert text.count(started.encode()) == 1
+    return text.replace(started.encode(), b"")
 
 
 def test_success_removes_a_stale_failed_json(tiny_store: Path, tmp_path: Path) -> None:

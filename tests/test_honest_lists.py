@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -171,6 +172,40 @@ def test_pool_size_test_gallery_and_full_pool(joint: FeatureStore, tmp_path: Pat
     assert (a.queries == b.queries).all()
     for ra, rb in zip(a.candidates, b.candidates, strict=True):
         assert set(ra.tolist()) == set(rb.tolist())
+
+
+def test_pool_short_pools_count_pools_larger_than_the_gallery(
+    joint: FeatureStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``short_pools`` of the pool strategy: queries whose split gallery holds fewer items than
+    ``pool_size`` (each then ranks the whole gallery), warned about by file; a pool exactly the
+    test gallery's size (the default) is not short on the test split, though the query's own
+    positive is one of those items and i2t's other captions of the image stay out."""
+    with caplog.at_level(logging.WARNING, logger="xmr.data.mining"):
+        out = mine_lists(joint, tmp_path / "p", strategy="pool", list_size=6, splits=("test",))
+    stats = json.loads((out / "lists.json").read_text())["stats"]
+    assert stats["t2i_test"]["short_pools"] == stats["i2t_test"]["short_pools"] == 0
+    assert "short" not in caplog.text
+    n_val_img = int((np.asarray(joint.image_split) == 1).sum())
+    with caplog.at_level(logging.WARNING, logger="xmr.data.mining"):
+        out = mine_lists(
+            joint,
+            tmp_path / "v",
+            strategy="pool",
+            pool_size=n_val_img + 1,
+            list_size=6,
+            splits=("val",),
+        )
+    meta = json.loads((out / "lists.json").read_text())
+    t2i, i2t = meta["stats"]["t2i_val"], meta["stats"]["i2t_val"]
+    assert t2i["gallery_size"] == n_val_img and t2i["short_pools"] == t2i["queries"] > 0
+    assert i2t["short_pools"] == 0  # 5 captions per image: a larger gallery
+    assert mining.short_pool_warnings(meta) == [
+        f"t2i_val.npz: {t2i['queries']} of {t2i['queries']} pools short: "
+        f"pool_size={n_val_img + 1} but the split's gallery holds {n_val_img} items, so those "
+        "queries drew from all of them (lists.json stats.short_pools)"
+    ]
+    assert f"t2i_val.npz: {t2i['queries']} of {t2i['queries']} pools short" in caplog.text
 
 
 def test_eval_misses_count_as_misses_end_to_end(joint: FeatureStore, tmp_path: Path) -> None:

@@ -107,7 +107,10 @@ def test_joblib_multirun_runs_two_jobs_in_parallel(tiny_store, tmp_path) -> None
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
-    results = [json.loads(p.read_text()) for p in sorted(sweep.rglob("results.json"))]
+    paths = sorted(sweep.rglob("results.json"))
+    # One level per job although data.store / data.lists_root are absolute paths.
+    assert [p.parent.parent for p in paths] == [sweep, sweep], paths
+    results = [json.loads(p.read_text()) for p in paths]
     assert sorted(r["seed"] for r in results) == [0, 1]
     assert len({r["config"]["paths"]["output_dir"] for r in results}) == 2  # one dir per job
     for r in results:

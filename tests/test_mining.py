@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import time
 import zipfile
 from pathlib import Path
@@ -569,3 +570,42 @@ def test_xmr_mine_overwrite_mines_existing_lists_again(tiny_store: Path, tmp_pat
     assert (lists / "t2i_train.npz").stat().st_ino != inode  # mined again
     assert (lists / "t2i_train.npz").read_bytes() == data
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lists"]
+
+
+def test_xmr_mine_prints_a_short_summary_and_warns_on_short_pools(
+    tiny_store: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``xmr mine`` prints where the lists are, one line per file and the probe (the statistics
+    stay in lists.json; ``verbose=true`` prints them too) and warns, naming the file and the
+    count, about pools larger than the split (tiny store: 19 negative images per t2i val/test
+    query, pool 30)."""
+    lists = tmp_path / "lists"
+    overrides = ["data=synthetic_tiny", f"data.store={tiny_store}", f"data.lists_dir={lists}"]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("prepare", overrides=overrides)
+    with caplog.at_level(logging.WARNING, logger="xmr.data.mining"):
+        mine_main(cfg)
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) <= 12, out
+    assert out[1].startswith(f"lists: {lists} (hard: pool 30, hard 10, seed 0; ")
+    assert "lists.json" in out[1]
+    files = {ln.split()[0]: ln for ln in out if ln.startswith("  ")}
+    assert sorted(files) == sorted(f"{d}_{s}" for d, s in FILES)
+    assert files["t2i_train"].split(None, 1)[1] == "60 lists x 11"
+    assert files["t2i_val"].endswith("20 lists x 11, 20 short pools")
+    assert sum(ln.startswith("probe:") for ln in out) == 1
+    short = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert [m.split(":")[0] for m in short] == ["t2i_val.npz", "t2i_test.npz"]
+    assert short[0].startswith("t2i_val.npz: 20 of 20 pools short: pool=30 but the split has ")
+
+    # Existing lists: the same summary and warnings; verbose=true adds every statistic.
+    caplog.clear()
+    cfg.verbose = True
+    with caplog.at_level(logging.WARNING, logger="xmr.data.mining"):
+        mine_main(cfg)
+    text = capsys.readouterr().out
+    assert len(text.splitlines()) > 100 and '"negatives_available"' in text
+    assert len([r for r in caplog.records if "pools short" in r.getMessage()]) == 2

@@ -219,7 +219,7 @@ def test_hard_lists_of_random_vectors_leak_random_lists_do_not(
         rnd = mine_lists(random_store, tmp_path / "random", pool=200, hard=50, strategy="random")
     probe = read_probe(rnd)
     assert probe is not None and leaking_files(probe) == []
-    assert not caplog.text
+    assert not [r for r in caplog.records if r.name == "xmr.data.probe"]  # (short pools warn)
     for entry in probe["files"].values():
         assert entry["p_value"] > LEAK_P_VALUE
         assert entry["anti_cosine"]["recall@1"] < 2 * entry["chance"]["recall@1"]

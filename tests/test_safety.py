@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import inspect
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,8 @@ def secret_run(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     tmp = tmp_path_factory.mktemp("secret")
     mp = pytest.MonkeyPatch()
     mp.setenv("WANDB_API_KEY", SECRET)
+    # The command line as results.json's provenance records it: overrides holding the secret.
+    mp.setattr(sys, "argv", ["xmr train", "+wandb_api_key=" + SECRET, "+other=x" + SECRET])
     try:
         cfg = make_cfg(
             tmp,
@@ -143,6 +146,7 @@ def test_secrets_are_not_written_to_run_files(secret_run: Path) -> None:
     assert not leaks, leaks
     results = json.loads((secret_run / "results.json").read_text())
     assert results["config"]["wandb_api_key"] == "***" and results["config"]["note"] == "***"
+    assert results["provenance"]["argv"] == ["xmr train", "+wandb_api_key=***", "+other=x***"]
 
 
 def test_eval_results_scrub_secrets(

@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 from _sweep import job_cfg, tiny_sweep_root
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
 from xmr.runs.results import finished_results
 from xmr.train import train
+from xmr.utils.paths import MAX_VALUE_CHARS, SHORT_TAIL_CHARS, job_dirname, short_value
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -53,6 +55,72 @@ def test_every_sweep_config_composes() -> None:
         assert cfg.hydra.sweeper.params, name
         assert f"sweeps/{name}/" in cfg.hydra.sweep.dir
         assert "${hydra:" not in cfg.hydra.sweep.dir  # unresolvable before the jobs start
+
+
+# ------------------------------------------------------------------ job directory names
+
+
+def test_job_dirname_is_one_short_level() -> None:
+    """Hydra's override_dirname rule, plus: paths.* left out, a group's `/` written `.`, a long or
+    path-like value shortened to its last component + a hash (distinct values stay distinct)."""
+    plain = ["seed=3", "loss=listnet", "model.net.fc_sizes=[64,32]", "+foo=bar"]
+    assert job_dirname(plain) == "+foo=bar,loss=listnet,model.net.fc_sizes=[64,32],seed=3"
+    name = job_dirname(["data.store=/abs/a/store", "paths.log_dir=/x", "data/mining=pool"])
+    assert name.startswith("data.store=store-") and name.endswith(",data.mining=pool")
+    assert "/" not in name
+    assert name != job_dirname(["data.store=/abs/b/store", "data/mining=pool"])
+    assert job_dirname(["resume=false", "seed=1"], ["resume"]) == "seed=1"
+    long = "x" * (MAX_VALUE_CHARS + 1)
+    assert job_dirname([f"method={long}"]) == f"method={short_value(long)}"
+    assert len(short_value(long)) <= SHORT_TAIL_CHARS + 9
+    assert short_value("/abs/lists/") == f"lists-{short_value('/abs/lists/')[-8:]}"
+    assert job_dirname([]) == ""
+
+
+@pytest.mark.parametrize("sweep", [None, "loss_seeds", "paper_grid"])
+def test_run_and_sweep_job_dirs_carry_no_path_from_values(sweep: str | None) -> None:
+    """Resolved as Hydra resolves them for a job: the run dir and the sweep job's subdir are one
+    level below runs/<data>/ (or the sweep dir), whatever paths the command line holds."""
+    overrides = [
+        "data.store=/abs/path/to/flickr8k-1k/features/zeroshot-bridge",
+        "data.lists_root=/abs/path/to/lists",
+        "paths.data_dir=/scratch/me/data",
+        "data/mining=pool",
+        "loss=listnet",
+        "seed=3",
+        "resume=false",
+        "+skip_finished=false",
+    ]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        extra = [f"+sweep={sweep}"] if sweep else []
+        cfg = compose("train", overrides=[*extra, *overrides], return_hydra_config=True)
+    instance = HydraConfig.instance()
+    before = instance.cfg
+    instance.set_config(cfg)
+    try:
+        run_dir, subdir = str(cfg.hydra.run.dir), str(cfg.hydra.sweep.subdir)
+    finally:
+        instance.cfg = before
+    assert run_dir.endswith(f"/runs/synthetic_demo/{subdir}")
+    assert "/" not in subdir
+    assert (
+        subdir.split(",")
+        == [  # sorted as Hydra sorts the override lines
+            "data.lists_root=lists-" + short_value("/abs/path/to/lists")[-8:],
+            "data.store=zeroshot-bridge-" + short_value(overrides[0].split("=")[1])[-8:],
+            "data.mining=pool",
+            "loss=listnet",
+            "seed=3",
+        ]
+    )
+    assert "paths" not in subdir and "sweep" not in subdir and "skip_finished" not in subdir
+
+
+def test_sweep_configs_name_jobs_by_the_shared_rule() -> None:
+    """One place for job names: no sweep config sets its own exclude_keys or override_dirname."""
+    for path in sorted((CONF / "sweep").glob("*.yaml")):
+        text = path.read_text(encoding="utf-8")
+        assert "exclude_keys" not in text and "override_dirname" not in text, path.name
 
 
 def test_loss_seeds_is_4_losses_by_5_seeds_both_directions() -> None:
@@ -155,6 +223,7 @@ def test_multirun_then_rerun_skips_both_jobs(sweep_root: Path, tmp_path: Path) -
         "-m",
         "+sweep=loss_seeds",
         "data=synthetic_tiny",
+        f"data.store={tmp_path / 'data' / 'synthetic-tiny'}",  # a path: shortened in job names
         "trainer.max_epochs=1",
         "trainer.enable_progress_bar=false",
         "loss=listnet",  # the command line narrows the sweep's axes
@@ -173,8 +242,9 @@ def test_multirun_then_rerun_skips_both_jobs(sweep_root: Path, tmp_path: Path) -
     root = tmp_path / "logs" / "sweeps" / "loss_seeds" / "synthetic_tiny"
     jobs = sorted(p.parent for p in root.glob("*/results.json"))
     names = [j.name for j in jobs]
-    assert len(jobs) == 2 and all(n.startswith("data=synthetic_tiny") for n in names), names
+    assert len(jobs) == 2 and all("data=synthetic_tiny" in n.split(",") for n in names), names
     assert all("loss=listnet" in n and "sweep" not in n for n in names)
+    assert all(n.startswith("data.store=synthetic-tiny-") for n in names), names  # one level
     assert {json.loads((j / "results.json").read_text())["seed"] for j in jobs} == {0, 1}
     mtimes = [(j / "results.json").stat().st_mtime_ns for j in jobs]
 

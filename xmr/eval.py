@@ -18,6 +18,7 @@ from typing import Any
 
 from xmr.runs.lifecycle import EVAL_RESULTS_FILE, restore_run, test_record, write_record
 from xmr.runs.naming import run_method
+from xmr.utils.provenance import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Rebuild the run of ``run_dir`` (its ``config.yaml``), load ``ckpt`` (default: the run's
     best checkpoint), test it, and write predictions + ``eval_results.json``."""
+    started = utc_now()
     run = restore_run(run_dir, overrides, ckpt)
     out_dir = Path(out) if out else Path(run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -42,6 +44,7 @@ def evaluate(
         val_metrics={},
         checkpoint=run.checkpoint,
         epochs_run=-1,
+        started=started,
     )
     return write_record(out_dir / EVAL_RESULTS_FILE, results)
 

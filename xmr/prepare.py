@@ -3,6 +3,10 @@
 xmr synth data=synthetic_paper               # the paper-scale SYNTHETIC store
 xmr mine data=synthetic_paper data.mining.pool=200 data.mining.hard=50
 xmr mine data=flickr30k data.store=/path/to/store
+xmr mine verbose=true                        # also print every statistic of lists.json
+
+``xmr mine`` prints a short summary (where the lists are, one line per file, the leakage probe);
+the full statistics are in the lists directory's ``lists.json``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from omegaconf import DictConfig
 
 from xmr.data.datamodule import prepare_store_and_lists
 from xmr.data.lists_probe import recorded_or_computed
-from xmr.data.mining import mine_lists, misses_line
+from xmr.data.mining import lists_summary, mine_lists, misses_line, warn_short_pools
 from xmr.data.probe import probe_line, warn_leaks
 from xmr.data.store import FeatureStore
 from xmr.data.synth import synth_config, write_synthetic_store
@@ -57,12 +61,15 @@ def mine_main(cfg: DictConfig) -> None:
         # Lists were there already: mine again, replacing them atomically.
         mine_lists(FeatureStore.open(dm.store_path), dm.lists_dir, overwrite=True, **dm.mining)
     meta = json.loads((dm.lists_dir / "lists.json").read_text())
-    print(f"lists in {dm.lists_dir} ({time.perf_counter() - t0:.1f} s)")
-    print(json.dumps(meta.get("stats", {}), indent=1)[:4000])
+    print(f"lists ready in {time.perf_counter() - t0:.1f} s")
+    print("\n".join(lists_summary(meta, dm.lists_dir)))
+    if cfg.get("verbose"):
+        print(json.dumps(meta.get("stats", {}), indent=1))
     # The leakage probe: recorded by the miner (which warns when it mines); computed now for
     # lists mined before the probe existed (not written back).
     probe = recorded_or_computed(dm.lists_dir, dm.store_path)
-    if existed and not cfg.overwrite:
+    if existed and not cfg.overwrite:  # the miner warns when it mines
+        warn_short_pools(meta)
         warn_leaks(probe)
     print(probe_line(probe))
     line = misses_line(meta)

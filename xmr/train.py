@@ -31,6 +31,8 @@ Reliability (tests/test_resume.py, tests/test_determinism.py):
   success removes it. The two never stand side by side (the rules:
   :mod:`xmr.runs.lifecycle`). Under ``-m`` Hydra's basic launcher still runs the sweep's other
   jobs and exits non-zero at the end (it raises the first job error after the batch).
+- ``results.json`` and ``failed.json`` record the run's provenance (xmr version, git commit and
+  dirty flag, library versions, command line, host, start time: :mod:`xmr.utils.provenance`).
 - ``config.yaml``, ``results.json`` and ``failed.json`` are written with secrets scrubbed
   (:func:`xmr.runs.lifecycle.write_record`). Hydra's own ``.hydra/overrides.yaml`` records the command
   line verbatim: pass W&B keys through the environment (``WANDB_API_KEY``), never as overrides.
@@ -79,6 +81,7 @@ from xmr.utils.config import validate_config
 from xmr.utils.instantiate import instantiate
 from xmr.utils.io import remove_if_exists
 from xmr.utils.paths import CONF_DIR
+from xmr.utils.provenance import utc_now
 from xmr.utils.runtime import torch_runtime
 
 log = logging.getLogger(__name__)
@@ -93,18 +96,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ``failed.json`` (see :mod:`xmr.runs.lifecycle`).
     """
     published: list[Path] = []  # results.json, once this attempt has written it
+    started = utc_now()  # provenance.started of the records
     try:
         with torch_runtime(cfg):
-            return _train(cfg, published)
+            return _train(cfg, published, started)
     except Exception as exc:
         if published:
             log.error("%s written, then the run failed (%s); no failed.json", published[0], exc)
         else:
-            write_failure(output_dir_of(cfg), cfg, exc)
+            write_failure(output_dir_of(cfg), cfg, exc, started=started)
         raise
 
 
-def _train(cfg: DictConfig, published: list[Path]) -> dict[str, Any]:
+def _train(cfg: DictConfig, published: list[Path], started: str) -> dict[str, Any]:
     validate_config(cfg)
     out = output_dir_of(cfg)
     done = finished_results(out, cfg)
@@ -131,7 +135,9 @@ def _train(cfg: DictConfig, published: list[Path]) -> dict[str, Any]:
     loggers = build_loggers(cfg)
     exit_code = 1
     try:
-        results = _fit_and_test(cfg, out, dm, module, callbacks, loggers, last_val, published)
+        results = _fit_and_test(
+            cfg, out, dm, module, callbacks, loggers, last_val, published, started
+        )
         exit_code = 0
         return results
     finally:
@@ -148,6 +154,7 @@ def _fit_and_test(
     loggers: list[Any],
     last_val: LastValidationCallback,
     published: list[Path],
+    started: str,
 ) -> dict[str, Any]:
     # Training lists drawn anew every epoch (data.redraw_train_lists): the train loader is
     # rebuilt at the start of every epoch.
@@ -198,6 +205,7 @@ def _fit_and_test(
             checkpoint=best_ckpt,
             epochs_run=int(trainer.current_epoch),
             best_val=best_val,
+            started=started,
         )
         if trainer.is_global_zero:
             remove_if_exists(out / FAILED_FILE)  # first: a kill in between leaves neither

@@ -53,6 +53,7 @@ from xmr.runs.results import finished_results
 from xmr.utils.instantiate import ConfigError, instantiate
 from xmr.utils.io import atomic_write
 from xmr.utils.paths import CONF_DIR
+from xmr.utils.provenance import utc_now
 from xmr.utils.runtime import torch_runtime
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,7 @@ def _test_member(
     val: dict[str, float],
     epochs_run: int,
     ensemble: dict[str, int],
+    started: str,
 ) -> dict[str, Any]:
     """Test one member with the same Lightning test loop as ``xmr train``; write its results."""
     inter = list(cfg.model.get("net", {}).get("interaction") or [])
@@ -197,6 +199,7 @@ def _test_member(
         checkpoint=best_ckpt,
         epochs_run=epochs_run,
         best_val=best_val,
+        started=started,
     )
     results["ensemble"] = dict(ensemble)  # trained as member `index` of `members`
     return write_record(out / RESULTS_FILE, results)
@@ -214,6 +217,7 @@ def train_ensemble(cfg: DictConfig) -> list[dict[str, Any]]:
 
 
 def _train_ensemble(cfg: DictConfig) -> list[dict[str, Any]]:
+    started = utc_now()  # provenance.started of every member's results.json
     _check_supported(cfg)
     members = member_configs(cfg)
     done: dict[int, dict[str, Any]] = {}
@@ -349,6 +353,7 @@ def _train_ensemble(cfg: DictConfig) -> list[dict[str, Any]]:
             val={k: float(v) for k, v in last_val[e].items()},
             epochs_run=max_epochs,
             ensemble={"members": E, "index": e},
+            started=started,
         )
         results_by_member[i] = res
     return [results_by_member[i] for i in range(len(members))]

@@ -13,7 +13,7 @@ Mining, per query (paper, "Hard-negative lists"):
 1. Draw ``pool`` candidates uniformly at random without replacement from the other modality in the
    query's split, *excluding every item relevant to the query* (in ``i2t`` all captions of the query
    image, so a sibling caption is never a negative). When fewer than ``pool`` negatives exist, the
-   whole set is the pool (counted in the stats as ``short_pools``).
+   whole set is the pool (counted in the stats as ``short_pools``, and logged as a warning).
 2. Keep the ``hard`` pool members of highest cosine with the query (``strategy="hard"``, needs a
    ``joint_space`` store) or ``hard`` random ones (``strategy="random"``, any store).
 3. Add the positive(s), then shuffle each list so the positive has no fixed slot.
@@ -34,7 +34,9 @@ negatives (``list_size`` L, default 51 = the paper's 50 negatives + 1; joint-spa
   top L of that pool by the first-stage score. ``pool_size`` (key of its own: ``pool`` stays the
   ``hard``/``random`` pool) is an int or ``"test_gallery"`` (default): the size of the test split's
   gallery of the direction (``t2i``: test images; ``i2t``: test captions), so training lists are
-  drawn from pools as large as the gallery re-ranked at test time.
+  drawn from pools as large as the gallery re-ranked at test time. A split whose gallery holds
+  fewer than ``pool_size`` items gives every query the whole gallery instead (``short_pools``,
+  logged as a warning; the relevant items that are not positives stay out as always).
 
 In both the top L is taken in the pessimistic order of :mod:`xmr.metrics.ranking` (a relevant
 item tied with an irrelevant one loses the tie; equal score and label: lower candidate id first),
@@ -92,6 +94,7 @@ and positives, new random pools, so more distinct lists from small data. Epoch 0
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 import zipfile
@@ -107,6 +110,8 @@ from xmr.data.probe import probe_paths
 from xmr.data.store import DIRECTIONS, SPLITS, FeatureStore
 from xmr.metrics.ranking import pessimistic_order, pessimistic_topk
 from xmr.utils.io import atomic_write, atomic_write_text, publish_dir, resume_work_dir
+
+log = logging.getLogger(__name__)
 
 LISTS_FORMAT = "xmr-lists/1"
 SPLIT_CODES: dict[str, int] = dict(SPLITS)
@@ -1006,6 +1011,7 @@ def mine_lists(
                 store, {(d, sp): tmp / lists_filename(d, sp) for sp in splits for d in DIRECTIONS}
             ),
         }
+        warn_short_pools(meta)
         (tmp / "lists.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         published = [lists_filename(d, split) for split in splits for d in DIRECTIONS]
         publish_dir(tmp, out_dir, replace=True, keep=[*published, "lists.json"])
@@ -1271,6 +1277,7 @@ def _mine_ranked_file(
         relevant_total=np.ascontiguousarray(mined.relevant_total[keep]),
     )
     n_pos = labels.sum(axis=1).astype(np.int64)
+    gallery = int(problem.cand_ids.shape[0])  # the split's items of the other modality
     stats = {
         "num_lists": int(keep.sum()),
         "list_length": int(length),
@@ -1284,8 +1291,10 @@ def _mine_ranked_file(
         "relevant_total": _mmm(lists.relevant_total),
         "negatives_per_list": _mmm(n_real - n_pos),
         "pool_size": pool_size,
+        "gallery_size": gallery,
         "ranked_set": _mmm(mined.n_pool),
-        "short_pools": 0 if pool_size is None else int((mined.n_available < pool_size).sum()),
+        # Pools larger than the split's gallery: the whole gallery is the pool.
+        "short_pools": 0 if pool_size is None or gallery >= pool_size else int(retrieved.size),
         "padded_lists": int((n_real < length).sum()),
         "queries_skipped_no_caption": skipped,
     }
@@ -1321,6 +1330,66 @@ def _finished_file(
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         return None  # damaged: mine it again
     return stats if isinstance(stats, dict) else None
+
+
+def short_pool_warnings(meta: dict[str, Any]) -> list[str]:
+    """One message per file of a lists directory (``lists.json`` contents) whose pools were
+    short: the split held fewer candidates than the pool asked for, so those queries drew from all
+    there was (``stats.short_pools``)."""
+    params = meta.get("params", {})
+    strategy = params.get("strategy")
+    out = []
+    for name, s in meta.get("stats", {}).items():
+        n = int(s.get("short_pools") or 0)
+        if n <= 0:
+            continue
+        queries = s.get("queries", s.get("num_lists"))
+        if strategy == "pool":
+            have = f"the split's gallery holds {s.get('gallery_size', '?')} items"
+            asked = f"pool_size={s.get('pool_size')}"
+        else:
+            most = (s.get("negatives_available") or {}).get("max", "?")
+            have = f"the split has at most {most} negatives per query"
+            asked = f"pool={params.get('pool')}"
+        out.append(
+            f"{name}.npz: {n} of {queries} pools short: {asked} but {have}, so those queries "
+            "drew from all of them (lists.json stats.short_pools)"
+        )
+    return out
+
+
+def warn_short_pools(meta: dict[str, Any]) -> None:
+    """Log :func:`short_pool_warnings` as warnings."""
+    for message in short_pool_warnings(meta):
+        log.warning("%s", message)
+
+
+def lists_summary(meta: dict[str, Any], lists_dir: str | Path) -> list[str]:
+    """A few lines on a lists directory for ``xmr mine``: where it is and how it was mined, then
+    one line per file (lists, length; coverage for the first-stage strategies; short pools). The
+    full statistics stay in ``lists.json`` (``stats``)."""
+    params = meta.get("params", {})
+    strategy = params.get("strategy")
+    if strategy in RANKED_STRATEGIES:
+        how = f"list_size {params.get('list_size')}"
+        if strategy == "pool":
+            how += f", pool_size {params.get('pool_size')}"
+    else:
+        how = f"pool {params.get('pool')}, hard {params.get('hard')}"
+    lines = [
+        f"lists: {Path(lists_dir)} ({strategy}: {how}, seed {meta.get('seed')}; "
+        "full statistics in lists.json)"
+    ]
+    stats = meta.get("stats", {})
+    width = max((len(n) for n in stats), default=0)
+    for name, s in stats.items():
+        parts = [f"{s.get('num_lists')} lists x {s.get('list_length')}"]
+        if "coverage" in s:
+            parts.append(f"coverage {100.0 * float(s['coverage']):.1f}%")
+        if s.get("short_pools"):
+            parts.append(f"{s['short_pools']} short pools")
+        lines.append(f"  {name:<{width}}  " + ", ".join(parts))
+    return lines
 
 
 def misses_line(meta: dict[str, Any]) -> str | None:

@@ -50,6 +50,7 @@ from xmr.utils.io import (
     clean_stale_temps,
     remove_if_exists,
 )
+from xmr.utils.provenance import collect_provenance
 from xmr.utils.secrets import scrub_secrets
 
 log = logging.getLogger(__name__)
@@ -103,9 +104,12 @@ def begin_attempt(out: Path, cfg: DictConfig) -> None:
     write_record(out / CONFIG_FILE, cfg)
 
 
-def write_failure(out: Path, cfg: DictConfig, exc: BaseException) -> Path:
+def write_failure(
+    out: Path, cfg: DictConfig, exc: BaseException, *, started: str | None = None
+) -> Path:
     """Write ``<out>/failed.json``: ``{"error": "<Type>: <message>", "traceback", "config",
-    "seed"}`` (config resolved when possible), after deleting a ``results.json`` there (one of an
+    "seed", "provenance"}`` (config resolved when possible; ``provenance`` as in ``results.json``,
+    ``started`` when the run started), after deleting a ``results.json`` there (one of an
     earlier attempt: the directory shows its latest). ``xmr report`` lists such jobs as failed; a
     later successful run of the job removes the file."""
     seed = cfg.get("seed") if isinstance(cfg, DictConfig) else None
@@ -115,6 +119,7 @@ def write_failure(out: Path, cfg: DictConfig, exc: BaseException) -> Path:
         "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
         "config": _plain(cfg),
         "seed": int(seed) if isinstance(seed, int) else seed,
+        "provenance": collect_provenance(started),
     }
     path = Path(out) / FAILED_FILE
     remove_if_exists(Path(out) / RESULTS_FILE)
@@ -138,8 +143,8 @@ def test_record(
     list protocol by :func:`run_test_loop` (``trainer``, or a bare one on ``accelerator``), the
     ``protocol`` group's full-gallery evaluation, predictions of both protocols written to ``out``
     (when ``save_predictions``). Returns the results record (:func:`results_record` with ``meta``:
-    ``val_metrics``, ``checkpoint``, ``epochs_run``, ``best_val``; plus ``full_gallery``); the
-    caller writes it with :func:`write_record`."""
+    ``val_metrics``, ``checkpoint``, ``epochs_run``, ``best_val``, ``started``; plus
+    ``full_gallery``); the caller writes it with :func:`write_record`."""
     merged = run_test_loop(module, dm, trainer, accelerator=accelerator)
     predictions = write_predictions(out, module.predictions) if save_predictions else {}
     full, full_info, outcomes = run_protocol(cfg, module.nets, dm.store)  # metrics.full_gallery

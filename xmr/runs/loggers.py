@@ -158,9 +158,13 @@ class _ResumedCSVWriter(ExperimentWriter):
             return
         epochs = [e for e in map(_row_epoch, self.metrics) if e is not None]
         start = min(epochs) if epochs else math.inf
-        kept = [r for r in self._earlier if (e := _row_epoch(r)) is not None and e < start]
+        kept = [
+            {k: v for k, v in r.items() if v not in ("", None)}  # columns it has values in
+            for r in self._earlier
+            if (e := _row_epoch(r)) is not None and e < start
+        ]
         self._earlier = None
-        keys = {k for r in kept for k, v in r.items() if v not in ("", None)}
+        keys = {k for r in kept for k in r}
         self.metrics_keys = sorted(keys | set().union(*self.metrics))
         atomic_write_text(self.metrics_file_path, _csv_text(self.metrics_keys, kept + self.metrics))
         self.metrics = []

@@ -15,8 +15,15 @@
       "epochs_run": 10, "checkpoint": ".../best.ckpt",
       "predictions": {"t2i": "predictions_t2i.npz", ...,     # the list protocol
                       "full_t2i": "predictions_full_t2i.npz", ...},  # the full-gallery protocol
+      "provenance": {"xmr": "0.1.0", "git": {"commit": ..., "dirty": false}, "python": ...,
+                     "torch": ..., "lightning": ..., "hydra": ..., "argv": [...],
+                     "hostname": ..., "started": "2026-05-01T09:30:12+00:00"},
       "config": {...resolved config...}
     }
+
+``provenance`` (:func:`xmr.utils.provenance.collect_provenance`): the code version (git commit and
+whether the checkout had changes; null outside a checkout), library versions, command line, host
+and start time. It is not part of the config, so :func:`finished_results` ignores it.
 
 Metric values are fractions in [0, 1] (``rsum`` is in percent points, the sum of hit@1/5/10).
 
@@ -54,6 +61,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xmr.data.store import FeatureStore
 from xmr.utils.io import atomic_write
+from xmr.utils.provenance import collect_provenance
 from xmr.utils.secrets import scrub_secrets
 
 log = logging.getLogger(__name__)
@@ -132,9 +140,11 @@ def results_record(
     store: FeatureStore | None,
     epochs_run: int,
     best_val: float | None = None,
+    started: str | None = None,
 ) -> dict[str, Any]:
     """The ``results.json`` record of a tested run (format above), config resolved; written by
-    :func:`xmr.runs.lifecycle.write_record`, which scrubs secrets."""
+    :func:`xmr.runs.lifecycle.write_record`, which scrubs secrets. ``started``: when the run
+    started (``provenance.started``; default now)."""
     encoder = dict(store.manifest.get("encoder", {})) if store is not None else {}
     results: dict[str, Any] = {
         "format": RESULTS_FORMAT,
@@ -154,6 +164,7 @@ def results_record(
     results["epochs_run"] = epochs_run
     results["checkpoint"] = str(checkpoint) if checkpoint else None
     results["predictions"] = predictions
+    results["provenance"] = collect_provenance(started)
     results["config"] = OmegaConf.to_container(cfg, resolve=True)
     return results
 
