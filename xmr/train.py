@@ -20,6 +20,10 @@ Reliability (tests/test_resume.py, tests/test_determinism.py):
   "config", "seed"}``, secrets scrubbed) instead of ``results.json`` and re-raises; a later
   success removes it. Under ``-m`` Hydra's basic launcher still runs the sweep's other jobs and
   exits non-zero at the end (it raises the first job error after the batch).
+- A training loss or weights that become NaN/inf stop the run with
+  :class:`xmr.models.module.TrainingDivergedError` (epoch, batch, likely cause): it fails as above.
+  Training refuses a store without validation images
+  (:meth:`xmr.data.datamodule.XMRDataModule.check_validation`).
 - ``config.yaml``, ``results.json`` and ``failed.json`` are written with secrets scrubbed
   (:func:`xmr.runs.lifecycle.write_record`). Hydra's own ``.hydra/overrides.yaml`` records the command
   line verbatim: pass W&B keys through the environment (``WANDB_API_KEY``), never as overrides.
