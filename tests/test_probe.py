@@ -59,16 +59,17 @@ def _angles(degrees: list[float]) -> np.ndarray:
 def angle_store(tmp_path_factory: pytest.TempPathFactory) -> FeatureStore:
     """2-d store with known cosines: images at 0, 30, 60, 90, 120 and 90 (a copy of image 3)
     degrees (train; images 6, 7 make the val and test splits); captions 0-2 at 0 degrees,
-    captions 3, 4 at 90 and 180 degrees."""
+    captions 3, 4 at 90 and 180 degrees, caption 5 (of test image 7: a store's every test image
+    has a caption) at 45 degrees."""
     root = tmp_path_factory.mktemp("angles") / "store"
     write_store(
         root,
         image_emb=_angles([0, 30, 60, 90, 120, 90, 45, 45]),
-        text_emb=_angles([0, 0, 0, 90, 180]),
-        text_image=np.array([0, 1, 2, 3, 4]),
+        text_emb=_angles([0, 0, 0, 90, 180, 45]),
+        text_image=np.array([0, 1, 2, 3, 4, 7]),
         image_split=np.array([0, 0, 0, 0, 0, 0, 1, 2], np.uint8),
         images=[f"img{i}" for i in range(8)],
-        captions=[f"cap{i}" for i in range(5)],
+        captions=[f"cap{i}" for i in range(6)],
         encoder={"name": "angles"},
         joint_space=True,
         dtype="float32",

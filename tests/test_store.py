@@ -150,6 +150,15 @@ def _lines(name: str, delta: int) -> Callable[[Path], None]:
     return apply
 
 
+def _edit_line(name: str, index: int, text: str) -> Callable[[Path], None]:
+    def apply(root: Path) -> None:
+        lines = (root / name).read_text().split("\n")
+        lines[index] = text
+        (root / name).write_text("\n".join(lines))
+
+    return apply
+
+
 CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
     "manifest-not-json": (
         lambda r: (r / "manifest.json").write_text("{not json"),
@@ -282,6 +291,19 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
         _with("image_emb.npy", _setitem(9, 0.0)),
         r"image_emb\.npy: row 9 has L2 norm 0,",
     ),
+    "images-duplicate-id": (
+        _edit_line("images.txt", 3, "img_1.jpg"),
+        r"images\.txt: image 3 repeats the id 'img_1\.jpg' of image 1; image ids must be unique",
+    ),
+    "images-empty-id": (
+        _edit_line("images.txt", 4, " "),
+        r"images\.txt: image 4 \(line 5\) has an empty id",
+    ),
+    "test-image-without-caption": (
+        _with("text_image.npy", _setitem([8, 9], 0)),  # image 4 (test) loses both captions
+        r"text_image\.npy: 1 of 2 test images have no caption \(first: image 4, 'img_4\.jpg'\); "
+        r"every test image needs at least one caption",
+    ),
     "images-extra-line": (
         _lines("images.txt", 1),
         r"images\.txt: has 11 lines, but manifest num_images is 10",
@@ -321,13 +343,34 @@ def test_check_norms_false_skips_row_scans(store_dir: Path) -> None:
     assert s.num_texts == 20
 
 
-def test_unnormalised_store_only_checks_finiteness(store_dir: Path) -> None:
+def test_unnormalised_store_skips_the_unit_norm_check(store_dir: Path) -> None:
     _set_manifest(normalized=False)(store_dir)
     CORRUPTIONS["text-not-unit"][0](store_dir)
     assert FeatureStore.open(store_dir).manifest["normalized"] is False
     CORRUPTIONS["text-inf"][0](store_dir)
     with pytest.raises(StoreError, match="non-finite"):
         FeatureStore.open(store_dir)
+
+
+@pytest.mark.parametrize(
+    ("value", "pattern"),
+    [
+        (0.0, r"row 3 has L2 norm 0: the cosine similarity of a zero vector is undefined"),
+        (1e30, r"row 3 has L2 norm 2e\+30: its square overflows float32"),
+        (1e-25, r"row 3 has L2 norm 2e-25: its square underflows float32"),
+    ],
+    ids=["zero", "huge", "tiny"],
+)
+def test_unnormalised_store_refuses_rows_without_a_cosine(
+    tmp_path: Path, value: float, pattern: str
+) -> None:
+    """A ``normalized: false`` float32 store: a row whose norm is 0, or whose squared norm leaves
+    float32's normal range, has no usable cosine; the file and the first such row are named."""
+    root = write_store(tmp_path / "s", **_inputs(), dtype="float32", normalize=False)
+    _with("image_emb.npy", _setitem(3, value))(root)
+    with pytest.raises(StoreError, match=re.escape(str(root)) + r"/image_emb\.npy: " + pattern):
+        FeatureStore.open(root)
+    assert FeatureStore.open(root, check_norms=False).num_images == N_IMG
 
 
 def test_store_without_val_split(tmp_path: Path) -> None:
@@ -349,6 +392,15 @@ def test_store_without_val_split(tmp_path: Path) -> None:
         ("image_split", "bad-code", r"image_split: codes must be in"),
         ("text_image", "float", r"text_image: must be \(20,\) integers"),
         ("encoder", "not-json", r"encoder: provenance must be JSON-serialisable"),
+        ("images", "duplicate", r"images: image 5 repeats the id 'img_2\.jpg' of image 2"),
+        ("images", "empty", r"images: image 6 \(line 7\) has an empty id"),
+        ("text_image", "captionless-test", r"text_image: 1 of 2 test images have no caption"),
+        ("image_emb", "raw-zero-row", r"image_emb: row 3 has L2 norm 0"),
+        (
+            "text_emb",
+            "raw-huge-row",
+            r"text_emb: row 1 has L2 norm 2\.44949e\+30: its square overflows",
+        ),
     ],
 )
 def test_writer_rejects_bad_input(tmp_path: Path, field: str, value: str, pattern: str) -> None:
@@ -367,8 +419,20 @@ def test_writer_rejects_bad_input(tmp_path: Path, field: str, value: str, patter
         inp[field] = inp[field].astype(float)
     elif value == "not-json":
         inp[field] = {"model": object()}
+    elif value == "duplicate":
+        inp[field][5] = inp[field][2]
+    elif value == "empty":
+        inp[field][6] = ""
+    elif value == "captionless-test":
+        inp[field] = np.where(inp[field] == 8, 0, inp[field])  # image 8 (test) loses its captions
+    elif value in ("raw-zero-row", "raw-huge-row"):
+        row = 3 if value == "raw-zero-row" else 1
+        inp[field][row] = 0.0 if value == "raw-zero-row" else 1e30
+    raw = value.startswith("raw-")  # rows stored as given (float32), not normalised
     with pytest.raises(StoreError, match=pattern):
-        write_store(tmp_path / "s", **inp)
+        write_store(
+            tmp_path / "s", **inp, **({"dtype": "float32", "normalize": False} if raw else {})
+        )
     assert list(tmp_path.iterdir()) == []
 
 

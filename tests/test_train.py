@@ -16,6 +16,7 @@ from xmr.data.mining import load_lists
 from xmr.data.store import FeatureStore
 from xmr.eval import evaluate
 from xmr.metrics.functional import recall_hit_at_k
+from xmr.models.module import validation_keys
 from xmr.runs.results import load_predictions
 from xmr.train import train
 from xmr.utils.instantiate import ConfigError, instantiate
@@ -144,6 +145,15 @@ def test_run_writes_results_checkpoint_predictions(trained_run, small_store) -> 
         # recall@1 recomputed from the predictions file alone
         top1 = pred["labels"][:, 0].mean()
         assert top1 == pytest.approx(on_disk[f"test/{d}/recall@1"], abs=1e-6)
+
+
+def test_monitorable_keys_are_the_keys_validation_logs(trained_run) -> None:
+    """The keys the start-up check accepts as ``monitor`` (xmr.models.module.validation_keys)
+    are exactly the logged validation keys, less the counts."""
+    out, _, cfg = trained_run
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    logged = {k for k in first if k.startswith("val/") and "lists" not in k}
+    assert set(validation_keys(("t2i", "i2t"), cfg.ks, with_loss=True)) == logged
 
 
 def test_eval_rebuilds_the_run_and_reproduces_its_metrics(trained_run, tmp_path) -> None:

@@ -33,6 +33,10 @@ Reliability (tests/test_resume.py, tests/test_determinism.py):
   jobs and exits non-zero at the end (it raises the first job error after the batch).
 - ``results.json`` and ``failed.json`` record the run's provenance (xmr version, git commit and
   dirty flag, library versions, command line, host, start time: :mod:`xmr.utils.provenance`).
+- A training loss or weights that become NaN/inf stop the run with
+  :class:`xmr.models.module.TrainingDivergedError` (epoch, batch, likely cause): it fails as above.
+  Training refuses a store without validation images
+  (:meth:`xmr.data.datamodule.XMRDataModule.check_validation`).
 - ``config.yaml``, ``results.json`` and ``failed.json`` are written with secrets scrubbed
   (:func:`xmr.runs.lifecycle.write_record`). Hydra's own ``.hydra/overrides.yaml`` records the command
   line verbatim: pass W&B keys through the environment (``WANDB_API_KEY``), never as overrides.

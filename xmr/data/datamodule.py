@@ -37,14 +37,16 @@ from torch.utils.data import DataLoader, Dataset
 from xmr.data.mining import (
     MINING_DEFAULTS,
     CandidateLists,
+    ListsError,
     check_redrawable,
+    lists_filename,
     load_lists,
     mine_lists,
     mined_options,
     read_lists_meta,
     redraw_train_lists,
 )
-from xmr.data.store import DIRECTIONS, FeatureStore
+from xmr.data.store import DIRECTIONS, MANIFEST, FeatureStore, StoreError
 from xmr.data.synth import check_synthetic_store, synth_config, write_synthetic_store
 
 log = logging.getLogger(__name__)
@@ -224,8 +226,36 @@ class XMRDataModule(L.LightningDataModule):
         prepare_store_and_lists(self.store_path, self.lists_dir, self.synth, self.mining)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.store is not None:
-            return
+        """Open the store and load its lists (once); for ``stage == "fit"`` (Lightning's
+        ``trainer.fit``) also :meth:`check_validation`."""
+        if self.store is None:
+            self._load()
+        if stage == "fit":
+            self.check_validation()
+
+    def check_validation(self) -> None:
+        """Refuse to train without validation lists (:class:`StoreError` / :class:`ListsError`
+        naming the store or lists file): a run keeps the checkpoint that is best on them
+        (``monitor``) and early stopping watches them; without them it would silently keep its
+        last epoch. A store may lack a ``val`` split for other uses (evaluating a fixed scorer)."""
+        if self.store is None:
+            raise RuntimeError("call setup() first")
+        if self.store.split_image_ids("val").size == 0:
+            raise StoreError(
+                f"{self.store.root / MANIFEST}: splits['val'] = 0, but training needs validation "
+                "images: the checkpoint kept (best.ckpt) and early stopping are chosen by the "
+                "monitored validation key; give the store a val split, or evaluate without "
+                "training (train=false, or a model without parameters such as model=cosine)"
+            )
+        for d in self.directions:
+            if self.num_lists(d, "val") == 0:
+                raise ListsError(
+                    f"{self.lists_dir / lists_filename(d, 'val')}: no {d} validation lists, but "
+                    "training needs them (the checkpoint kept and early stopping are chosen on "
+                    "the validation lists); check the store's val images and their captions"
+                )
+
+    def _load(self) -> None:
         self.store = FeatureStore.open(self.store_path)
         # Embedding tables held once, in the store's dtype (fp16 stays fp16: half the memory).
         self._tables = {

@@ -11,7 +11,7 @@ generator) writes once and every later step reads, memory-mapped::
     text_emb.npy     (num_texts, text_dim)   float16 | float32, rows L2-normalised
     text_image.npy   (num_texts,) int64      index of the image each caption describes
     image_split.npy  (num_images,) uint8     0 train, 1 val, 2 test (a caption takes its image's)
-    images.txt       num_images lines        image id / file name
+    images.txt       num_images lines        image id / file name (non-blank, unique)
     captions.txt     num_texts lines         caption text, one line each
 
 :meth:`FeatureStore.open` checks every invariant and raises :class:`StoreError` with a message
@@ -136,8 +136,30 @@ def _read_lines(path: Path) -> list[str]:
     return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
+def _bad_norm(chunk: np.ndarray, sq: np.ndarray, start: int) -> str | None:
+    """The rule broken by the first row of a finite float32 ``chunk`` (C, D) (rows ``start``,
+    ``start + 1``, ...) whose cosine similarity float32 cannot compute, or None: a zero norm
+    (the cosine of a zero vector is undefined), or a squared norm ``sq`` (C,) below float32's
+    smallest normal number (flushed to zero during runs) or overflowing to inf (every similarity
+    would be 0 or NaN)."""
+    tiny = np.finfo(np.float32).tiny
+    bad = ~((sq >= tiny) & np.isfinite(sq))
+    if not bad.any():
+        return None
+    i = int(np.flatnonzero(bad)[0])
+    norm = float(np.linalg.norm(chunk[i].astype(np.float64)))
+    if norm == 0.0:
+        return f"row {start + i} has L2 norm 0: the cosine similarity of a zero vector is undefined"
+    limit = "underflows" if sq[i] < tiny else "overflows"
+    return (
+        f"row {start + i} has L2 norm {norm:.6g}: its square {limit} float32, so its cosine "
+        "similarities cannot be computed (rescale the features)"
+    )
+
+
 def _scan_rows(arr: np.ndarray, root: Path, name: str, *, check_unit: bool) -> None:
-    """Check that every row is finite and (if ``check_unit``) has L2 norm 1 ± NORM_TOLERANCE.
+    """Check that every row is finite and has L2 norm 1 ± NORM_TOLERANCE (``check_unit``) or,
+    in a store that is not normalised, a norm float32 can compute cosines with (:func:`_bad_norm`).
 
     Works in float32 chunks of :data:`SCAN_CHUNK_ROWS` rows so a memory-mapped store is read once
     with bounded memory.
@@ -150,18 +172,53 @@ def _scan_rows(arr: np.ndarray, root: Path, name: str, *, check_unit: bool) -> N
             if bad.any():
                 row = start + int(np.flatnonzero(bad)[0])
                 raise _fail(root, name, f"non-finite value (NaN or inf) in row {row}")
+        if not check_unit:
+            rule = _bad_norm(chunk, sq, start)
+            if rule is not None:
+                raise _fail(root, name, rule)
+            continue
+        if not np.isfinite(sq).all():
             # Finite entries whose squares overflow float32: certainly not unit-norm.
             sq = np.einsum("ij,ij->i", chunk.astype(np.float64), chunk.astype(np.float64))
-        if check_unit:
-            dev = np.abs(np.sqrt(sq) - 1.0)  # (C,)
-            if (dev > NORM_TOLERANCE).any():
-                i = int(np.argmax(dev > NORM_TOLERANCE))
-                raise _fail(
-                    root,
-                    name,
-                    f"row {start + i} has L2 norm {float(np.sqrt(sq[i])):.6g}, but manifest "
-                    f"says normalized: true (rows must have norm 1 ± {NORM_TOLERANCE})",
-                )
+        dev = np.abs(np.sqrt(sq) - 1.0)  # (C,)
+        if (dev > NORM_TOLERANCE).any():
+            i = int(np.argmax(dev > NORM_TOLERANCE))
+            raise _fail(
+                root,
+                name,
+                f"row {start + i} has L2 norm {float(np.sqrt(sq[i])):.6g}, but manifest "
+                f"says normalized: true (rows must have norm 1 ± {NORM_TOLERANCE})",
+            )
+
+
+def _bad_image_ids(ids: Sequence[str]) -> str | None:
+    """The rule the image ids break, or None: each id non-blank and unique (they name files,
+    and reports and predictions refer to images by them)."""
+    seen: dict[str, int] = {}
+    for i, s in enumerate(ids):
+        if not s.strip():
+            return f"image {i} (line {i + 1}) has an empty id; every image needs a unique id"
+        if s in seen:
+            return f"image {i} repeats the id {s!r} of image {seen[s]}; image ids must be unique"
+        seen[s] = i
+    return None
+
+
+def _captionless_test_images(
+    text_image: np.ndarray, image_split: np.ndarray, ids: Sequence[str]
+) -> str | None:
+    """The rule broken by test images that no caption describes, or None: such an image is an
+    image->text query without any relevant caption (the test metrics would leave it out, and a
+    test split without captions gives no text->image queries and NaN full-gallery results)."""
+    described = np.bincount(text_image, minlength=len(image_split)) > 0  # (N_img,)
+    bad = np.flatnonzero((image_split == SPLITS["test"]) & ~described)
+    if bad.size == 0:
+        return None
+    first = int(bad[0])
+    return (
+        f"{bad.size} of {int((image_split == SPLITS['test']).sum())} test images have no caption "
+        f"(first: image {first}, {ids[first]!r}); every test image needs at least one caption"
+    )
 
 
 def _load_npy(root: Path, name: str) -> np.ndarray:
@@ -299,10 +356,13 @@ class FeatureStore:
         ``num_images`` and non-empty ``train`` and ``test``; array ndim/shape/dtype agree with the
         manifest; ``text_image`` integer in ``[0, num_images)``; ``image_split`` integer codes in
         :data:`SPLITS` whose counts equal manifest ``splits``; line counts of ``images.txt`` and
-        ``captions.txt``. With ``check_norms`` (default) it also scans both embedding matrices
-        for NaN/inf and, when ``normalized: true``, for rows with ``| ||x|| - 1 | >``
-        :data:`NORM_TOLERANCE`; pass ``check_norms=False`` to skip these O(N * D) scans when
-        reopening a store already validated.
+        ``captions.txt``; image ids non-blank and unique; every test image described by at least
+        one caption. With ``check_norms`` (default) it also scans both embedding matrices for
+        NaN/inf and, when ``normalized: true``, for rows with ``| ||x|| - 1 | >``
+        :data:`NORM_TOLERANCE`, otherwise for rows whose cosine float32 cannot compute (zero
+        norm, squared norm underflowing or overflowing float32); pass ``check_norms=False`` to
+        skip these O(N * D) scans when reopening a store already validated. A store may have no
+        ``val`` images; training refuses it (:meth:`xmr.data.datamodule.XMRDataModule.setup`).
         """
         root = Path(path)
         if not root.is_dir():
@@ -369,15 +429,26 @@ class FeatureStore:
                 )
         image_split = codes.astype(np.uint8)
 
+        image_ids: list[str] = []
         for name, want, key in (
             (IMAGES_TXT, m["num_images"], "num_images"),
             (CAPTIONS_TXT, m["num_texts"], "num_texts"),
         ):
             if not (root / name).is_file():
                 raise _fail(root, name, "missing file")
-            got = _count_lines(root / name)
+            if name == IMAGES_TXT:  # small: read whole, for the id rules below
+                image_ids = _read_lines(root / name)
+                got = len(image_ids)
+            else:
+                got = _count_lines(root / name)
             if got != want:
                 raise _fail(root, name, f"has {got} lines, but manifest {key} is {want}")
+        rule = _bad_image_ids(image_ids)
+        if rule is not None:
+            raise _fail(root, IMAGES_TXT, rule)
+        rule = _captionless_test_images(text_image, image_split, image_ids)
+        if rule is not None:
+            raise _fail(root, TEXT_IMAGE, rule)
 
         if check_norms:
             _scan_rows(image_emb, root, IMAGE_EMB, check_unit=m["normalized"])
@@ -496,6 +567,14 @@ def _normalized(x: np.ndarray, name: str, dtype: np.dtype, normalize: bool) -> n
                 raise StoreError(f"{name}: row {row} has zero norm and cannot be normalised")
             chunk = chunk / norms
         out[start : start + SCAN_CHUNK_ROWS] = chunk
+        if not normalize:  # the rows as stored must allow cosines (FeatureStore.open checks it)
+            stored = out[start : start + SCAN_CHUNK_ROWS].astype(np.float32)
+            if not np.isfinite(stored).all():
+                row = start + int(np.flatnonzero(~np.isfinite(stored).all(axis=1))[0])
+                raise StoreError(f"{name}: row {row} is not finite once cast to {dtype}")
+            rule = _bad_norm(stored, np.einsum("ij,ij->i", stored, stored), start)
+            if rule is not None:
+                raise StoreError(f"{name}: {rule}")
     return out
 
 
@@ -578,6 +657,13 @@ def write_store(
     for i, s in enumerate(image_ids):
         if any(c in s for c in _LINE_BREAKS):
             raise StoreError(f"images: id {i} ({s!r}) contains a line break or tab")
+    rule = _bad_image_ids(image_ids)
+    if rule is not None:
+        raise StoreError(f"images: {rule}")
+    if t2i.min() >= 0 and t2i.max() < img.shape[0]:  # else FeatureStore.open names the index
+        rule = _captionless_test_images(t2i.astype(np.int64), split, image_ids)
+        if rule is not None:
+            raise StoreError(f"text_image: {rule}")
     caption_lines = [sanitize_caption(str(c)) for c in captions]
     if not isinstance(encoder, Mapping):
         raise StoreError(f"encoder: must be a dict of provenance, got {type(encoder).__name__}")

@@ -78,6 +78,17 @@ class ListRetrievalMetrics(Metric):
         self.add_state("lists_without_positive", default=count.clone(), dist_reduce_fx="sum")
         self.add_state("lists_missed", default=count.clone(), dist_reduce_fx="sum")
 
+    @staticmethod
+    def mean_names(ks: Sequence[int], ndcg_k: int = 10) -> tuple[str, ...]:
+        """The names of the means :meth:`compute` returns for ``ks`` and ``ndcg_k`` (the values
+        a run can select a checkpoint by; the counts are left out)."""
+        return (
+            *(f"recall@{k}" for k in ks),
+            *(f"recall_found@{k}" for k in ks),
+            f"ndcg@{ndcg_k}",
+            "mrr",
+        )
+
     def update(
         self, scores: Tensor, labels: Tensor, mask: Tensor, relevant_total: Tensor | None = None
     ) -> None:

@@ -5,6 +5,15 @@ Logged keys are ``{stage}/{direction}/{metric}`` (e.g. ``val/t2i/recall@1``) plu
 directions, in percent, the usual single-number summary of cross-modal retrieval (the monitored
 key is ``monitor`` in conf/train.yaml). The test predictions rank each list in the pessimistic
 order of :func:`xmr.metrics.ranking.pessimistic_order`, the order the metrics use.
+:func:`validation_keys` lists the validation keys a run can monitor.
+
+A training loss that is not finite (NaN or inf), or weights that are not finite at the end of an
+epoch, stop the run with :class:`TrainingDivergedError` naming the epoch and batch: a diverged
+run raises (so ``xmr train`` writes ``failed.json``, never ``results.json``) instead of testing
+garbage weights. On the CPU in one process the loss is checked after every batch (cheap); on
+an accelerator or under DDP a device-side flag is read every :data:`FINITE_CHECK_EVERY` batches
+and at the last batch of each epoch (no host synchronisation per step; under DDP every rank stops
+together).
 """
 
 from __future__ import annotations
@@ -18,8 +27,36 @@ import torch
 from torch import Tensor, nn
 
 from xmr.data.datamodule import pair_features
-from xmr.metrics.ranking import pessimistic_order, rsum
+from xmr.metrics.ranking import RSUM_KS, pessimistic_order, rsum
 from xmr.metrics.retrieval import ListRetrievalMetrics
+
+#: Batches between reads of the device-side non-finite-loss flag on an accelerator or under DDP
+#: (and at the last batch of every epoch); on the CPU in one process every batch is checked.
+FINITE_CHECK_EVERY = 50
+
+
+class TrainingDivergedError(FloatingPointError):
+    """Training produced a non-finite (NaN or inf) loss or non-finite weights."""
+
+
+def validation_keys(
+    directions: Sequence[str], ks: Sequence[int], *, with_loss: bool
+) -> dict[str, str]:
+    """The keys a run's validation logs that can select its checkpoint (``monitor``), each with
+    the ``monitor_mode`` under which a better model has the better value: ``val/rsum`` (when
+    ``ks`` holds a cut-off of :data:`xmr.metrics.ranking.RSUM_KS`; otherwise it is logged as a
+    constant 0), ``val/{d}/{name}`` for the means of :class:`ListRetrievalMetrics` (``max``) and,
+    ``with_loss`` (a model trained on lists with a loss), ``val/{d}/loss`` (``min``). The counts
+    (``val/{d}/lists``, ...) are logged too but say nothing about the model."""
+    keys: dict[str, str] = {}
+    if any(k in RSUM_KS for k in ks):
+        keys["val/rsum"] = "max"
+    for d in directions:
+        for name in ListRetrievalMetrics.mean_names(ks):
+            keys[f"val/{d}/{name}"] = "max"
+        if with_loss:
+            keys[f"val/{d}/loss"] = "min"
+    return keys
 
 
 def gather_predictions(
@@ -99,6 +136,8 @@ class RankingModule(L.LightningModule):
         )
         self.predictions: dict[str, dict[str, np.ndarray]] = {}
         self._pred_parts: dict[str, list[dict[str, np.ndarray]]] = {}
+        # Deferred non-finite check: (first bad batch of this epoch or -1, its loss), on device.
+        self._nonfinite: tuple[Tensor, Tensor] | None = None
 
     @property
     def directions(self) -> list[str]:
@@ -154,6 +193,72 @@ class RankingModule(L.LightningModule):
             batch_size=len(batch["image_id"]),
         )
         return loss
+
+    # -- divergence ----------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        self._nonfinite = None
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        trainer = self.trainer
+        last = batch_idx + 1 >= trainer.num_training_batches
+        if isinstance(loss, Tensor):
+            loss = loss.detach()
+            if loss.device.type == "cpu" and trainer.world_size == 1:
+                if not bool(torch.isfinite(loss)):
+                    self._diverged(f"the training loss is {float(loss)}", batch_idx)
+            else:
+                self._note_nonfinite(loss, batch_idx)
+                if last or (batch_idx + 1) % FINITE_CHECK_EVERY == 0:
+                    self._check_nonfinite()
+        # Weights once per epoch, before any callback writes last.ckpt (on_train_epoch_end): a
+        # last step that broke the weights has no later loss to show it.
+        if last and not self._weights_finite():
+            self._diverged("the weights are not finite after the epoch's last step", batch_idx)
+
+    def _weights_finite(self) -> bool:
+        params = [p.detach() for p in self.parameters() if p.requires_grad]
+        if not params:
+            return True
+        finite = bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
+        return bool(self.trainer.strategy.reduce_boolean_decision(finite, all=True))
+
+    def _note_nonfinite(self, loss: Tensor, batch_idx: int) -> None:
+        """Remember the first non-finite loss of the epoch on the device (no host sync)."""
+        if self._nonfinite is None:
+            self._nonfinite = (
+                torch.full((), -1, dtype=torch.int64, device=loss.device),
+                torch.zeros((), dtype=loss.dtype, device=loss.device),
+            )
+        at, value = self._nonfinite
+        new = (at < 0) & ~torch.isfinite(loss)
+        self._nonfinite = (torch.where(new, batch_idx, at), torch.where(new, loss, value))
+
+    def _check_nonfinite(self) -> None:
+        """Read the deferred flag (every rank: the earliest bad batch of any rank) and stop."""
+        if self._nonfinite is None:
+            return
+        at, value = self._nonfinite
+        if self.trainer.world_size > 1:  # every rank must stop, or the others wait forever
+            none = torch.iinfo(torch.int64).max
+            first = self.trainer.strategy.reduce(torch.where(at < 0, none, at), reduce_op="min")
+            at = torch.where(first == none, -1, first)
+        batch_idx = int(at)
+        if batch_idx >= 0:
+            shown = f"{float(value)}" if int(self._nonfinite[0]) == batch_idx else "not finite"
+            self._diverged(f"the training loss is {shown}", batch_idx)
+
+    def _diverged(self, what: str, batch_idx: int) -> None:
+        trainer = self.trainer
+        lrs = [g.get("lr") for opt in trainer.optimizers for g in opt.param_groups]
+        lr = lrs[0] if lrs and isinstance(lrs[0], (int, float)) else None
+        lr_text = f" (optimizer.lr is {float(lr):g})" if lr is not None else ""
+        raise TrainingDivergedError(
+            f"training diverged at epoch {trainer.current_epoch}, batch {batch_idx}: {what}. "
+            f"Most likely the learning rate is too large{lr_text}: lower optimizer.lr; else "
+            "the feature store (data.store) holds extreme values or the loss settings are "
+            "extreme. The run stops without results.json."
+        )
 
     def _calibrate_pair_model(self) -> None:
         """Refit the pair model's post-hoc statistics (DCCA's linear CCA) on the train pairs

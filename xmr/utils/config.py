@@ -6,9 +6,11 @@ checks here catch values that are well-typed but impossible, naming the key and 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from xmr.data.mining import (
     MINING_DEFAULTS,
@@ -18,6 +20,9 @@ from xmr.data.mining import (
     ListsError,
     check_redrawable,
 )
+from xmr.data.store import DIRECTIONS
+from xmr.metrics.ranking import RSUM_KS
+from xmr.models.module import validation_keys
 from xmr.models.scorer import scorer_kind
 from xmr.utils.instantiate import ConfigError, check_targets
 
@@ -56,9 +61,7 @@ def validate_config(cfg: DictConfig) -> None:
             check_redrawable(strategy)
         except ListsError as e:
             raise ConfigError(str(e)) from None
-    ks = list(cfg.get("ks", [1, 5, 10]))
-    for k in ks:
-        _positive_int(cfg, "ks[]", k)
+    ks = _check_ks(cfg.get("ks", [1, 5, 10]))
     if strategy in RANKED_STRATEGIES:
         list_size = mining.get("list_size", MINING_DEFAULTS["list_size"])
         _positive_int(cfg, "data.mining.list_size", list_size)
@@ -98,10 +101,50 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"flush_denormal={cfg.get('flush_denormal')!r}: must be true or false")
     _positive_int(cfg, "trainer.max_epochs", cfg.trainer.get("max_epochs", 1))
     lr = cfg.get("optimizer", {}).get("lr", 1e-3) if cfg.get("optimizer") else 1e-3
-    if not isinstance(lr, (int, float)) or lr <= 0:
-        raise ConfigError(f"optimizer.lr={lr!r}: must be a number > 0")
-    if cfg.monitor is None or not str(cfg.monitor).startswith("val/"):
-        raise ConfigError(f"monitor={cfg.monitor!r}: must be a validation key such as val/rsum")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+        raise ConfigError(f"optimizer.lr={lr!r}: must be a finite number > 0")
+    _check_monitor(cfg, ks)
+
+
+def _check_ks(value: Any) -> list[int]:
+    """``ks``: a non-empty list of distinct integers >= 1 (the Recall@K cut-offs)."""
+    if not isinstance(value, (ListConfig, Sequence)) or isinstance(value, str):
+        raise ConfigError(f"ks={value!r}: must be a list of cut-offs such as [1, 5, 10]")
+    ks = list(value)
+    if not ks:
+        raise ConfigError("ks=[]: must hold at least one cut-off (e.g. [1, 5, 10])")
+    for k in ks:
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ConfigError(f"ks[]={k!r}: must be an integer >= 1")
+    if len(set(ks)) != len(ks):
+        raise ConfigError(f"ks={ks}: a cut-off repeats; each K once")
+    return ks
+
+
+def _check_monitor(cfg: DictConfig, ks: list[int]) -> None:
+    """``monitor``: a key this run's validation logs (:func:`validation_keys`), and
+    ``monitor_mode``: min or max, the one under which a better model has the better value."""
+    monitor, mode = cfg.get("monitor"), cfg.get("monitor_mode", "max")
+    if mode not in ("min", "max"):
+        raise ConfigError(f"monitor_mode={mode!r}: one of min, max")
+    if monitor is None or not str(monitor).startswith("val/"):
+        raise ConfigError(f"monitor={monitor!r}: must be a validation key such as val/rsum")
+    direction = cfg.data.get("direction")
+    directions = DIRECTIONS if direction == "both" else (direction,)
+    kind = scorer_kind(cfg.model)
+    keys = validation_keys(directions, ks, with_loss=kind.fits and kind.trains_on == "lists")
+    if monitor not in keys:
+        if monitor == "val/rsum":
+            rsum_ks = ", ".join(map(str, RSUM_KS))
+            why = f"rsum sums Recall@K for K in {rsum_ks} and ks={ks} holds none of them"
+        else:
+            why = f"this run logs {', '.join(keys)} (data.direction={direction}, ks={ks})"
+        raise ConfigError(f"monitor={monitor!r}: not a key this run logs; {why}")
+    if mode != keys[monitor]:
+        raise ConfigError(
+            f"monitor_mode={mode!r}: {monitor} is better when "
+            f"{'lower' if keys[monitor] == 'min' else 'higher'}, so monitor_mode={keys[monitor]}"
+        )
 
 
 #: Loss hyper-parameters that must be > 0 (temperatures, slopes, weights), and cut-offs that must
