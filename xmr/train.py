@@ -20,6 +20,14 @@ Reliability (tests/test_resume.py, tests/test_determinism.py):
   "config", "seed"}``, secrets scrubbed) instead of ``results.json`` and re-raises; a later
   success removes it. Under ``-m`` Hydra's basic launcher still runs the sweep's other jobs and
   exits non-zero at the end (it raises the first job error after the batch).
+- One process per run directory (:func:`xmr.runs.lifecycle.claim_run_dir`): a second
+  ``xmr train`` into a directory in use exits non-zero at once, naming the holder, and writes
+  nothing there (:class:`xmr.runs.lifecycle.RunDirLock` claims it before Hydra writes).
+- A run directory left by another config (a sweep rerun whose jobs got other settings) is moved
+  aside to ``<run dir>.old-<time>`` and the run starts fresh: a checkpoint is only ever resumed
+  by the config that wrote it (:func:`xmr.runs.lifecycle.set_aside_changed_run`).
+- A full disk fails the run with ``no space left on device at <file>``
+  (:class:`xmr.utils.io.NoSpaceLeftError`), in ``failed.json`` too.
 - ``config.yaml``, ``results.json`` and ``failed.json`` are written with secrets scrubbed
   (:func:`xmr.runs.lifecycle.write_record`). Hydra's own ``.hydra/overrides.yaml`` records the command
   line verbatim: pass W&B keys through the environment (``WANDB_API_KEY``), never as overrides.
@@ -49,7 +57,9 @@ from xmr.runs.lifecycle import (
     CONFIG_FILE,
     FAILED_FILE,
     RESULTS_FILE,
+    claim_run_dir,
     output_dir_of,
+    set_aside_changed_run,
     test_record,
     write_failure,
     write_record,
@@ -75,14 +85,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (when the model has parameters), test on the best checkpoint, write results.
 
     On an error the run writes ``failed.json`` (:func:`write_failure`) into its directory instead
-    of ``results.json`` and re-raises; a successful run removes a stale ``failed.json``.
+    of ``results.json`` and re-raises; a successful run removes a stale ``failed.json``. A run
+    directory in use by another process raises :class:`xmr.runs.lifecycle.RunDirBusy` before
+    anything is written (:func:`claim_run_dir`).
     """
+    out = output_dir_of(cfg)
+    lock = claim_run_dir(out)
     try:
         with torch_runtime(cfg):
             return _train(cfg)
     except Exception as exc:
-        write_failure(output_dir_of(cfg), cfg, exc)
+        write_failure(out, cfg, exc)
         raise
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _train(cfg: DictConfig) -> dict[str, Any]:
@@ -92,6 +109,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     if done is not None:  # a sweep rerun: this job already finished with the same config
         log.info("%s: already finished (results.json present); skipping", out)
         return done
+    set_aside_changed_run(out, cfg)  # another config's run: never resume its checkpoint
     out.mkdir(parents=True, exist_ok=True)
     write_record(out / CONFIG_FILE, cfg)
     L.seed_everything(int(cfg.seed), workers=True)

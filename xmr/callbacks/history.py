@@ -8,6 +8,8 @@ from pathlib import Path
 
 import lightning as L
 
+from xmr.utils.io import no_space_reported
+
 log = logging.getLogger(__name__)
 
 
@@ -40,7 +42,7 @@ class MetricsHistoryCallback(L.Callback):
             **values,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as fh:
+        with no_space_reported(self.path), open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
         shown = " ".join(
             f"{k}={v:.4f}"

@@ -82,6 +82,9 @@ Resumable: the sibling is ``.<name>.partial/`` and keeps each finished file (and
 the whole directory is published, so ``xmr mine`` killed midway and started again with the same
 store, parameters and seed mines only the missing files (the output is bytes-identical to an
 uninterrupted run: each file is a function of the store, parameters and seed alone).
+One miner per lists directory: :func:`mine_lists` holds ``<name>.lock`` beside it
+(:class:`xmr.utils.lock.DirLock`) from its existence check to the publication, so a second one
+waits instead of sharing (and deleting) the first one's work directory.
 """
 
 from __future__ import annotations
@@ -102,6 +105,7 @@ from xmr.data.probe import probe_paths
 from xmr.data.store import DIRECTIONS, SPLITS, FeatureStore
 from xmr.metrics.ranking import pessimistic_order, pessimistic_topk
 from xmr.utils.io import atomic_write, atomic_write_text, publish_dir, resume_work_dir
+from xmr.utils.lock import DirLock
 
 LISTS_FORMAT = "xmr-lists/1"
 SPLIT_CODES: dict[str, int] = dict(SPLITS)
@@ -948,154 +952,158 @@ def mine_lists(
                 f"{store.root}/manifest.json: image_dim {store.image_dim} != text_dim "
                 f"{store.text_dim}; cosine needs one joint space"
             )
-    if out_dir.exists():
-        if not overwrite:
-            raise FileExistsError(f"{out_dir}: lists directory exists (pass overwrite=True)")
-        if not out_dir.is_dir() or not (
-            (out_dir / "lists.json").is_file() or not any(out_dir.iterdir())
-        ):
-            raise FileExistsError(
-                f"{out_dir}: refusing to overwrite something that is not a lists directory "
-                "(no lists.json)"
-            )
-
-    text_image = np.asarray(store.text_image, dtype=np.int64)
-    image_split = np.asarray(store.image_split)
-    use_emb = strategy != "random"
-    params: dict[str, Any] = {
-        "pool": int(pool),
-        "hard": int(hard),
-        "t2i_captions_per_image": t2i_captions_per_image,
-        "i2t_positives": i2t_positives,
-        "strategy": strategy,
-        "splits": list(splits),
-        "directions": list(DIRECTIONS),
-        "rng_block": RNG_BLOCK,
-    }
-    pools: dict[str, int | None] = dict.fromkeys(DIRECTIONS)  # the pool strategy's pool
-    if ranked:
-        # Only the first-stage strategies record these, so hard/random lists.json stay as they are.
-        params["list_size"] = int(list_size)
-        if strategy == "pool":
-            params["pool_size"] = pool_size if pool_size == TEST_GALLERY else int(pool_size)
-            pools = {d: _resolve_pool_size(store, d, pool_size) for d in DIRECTIONS}
-            params["pool_size_resolved"] = dict(pools)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    fingerprint = store.fingerprint()
-    key = {
-        "store": str(Path(store.root).resolve()),
-        "store_fingerprint": fingerprint,
-        "params": params,
-        "seed": int(seed),
-    }
-    # The work directory: resumable, each finished file stays there until the whole directory
-    # is published, so a run started again after a kill with the same key mines only what is
-    # missing; a work directory of another key is discarded.
-    tmp = resume_work_dir(out_dir.parent / f".{out_dir.name}.partial", key, fmt=_PARTIAL_FORMAT)
-    try:
-        stats: dict[str, Any] = {}
-        for split in splits:
-            code = SPLIT_CODES[split]
-            for direction in DIRECTIONS:
-                t0 = time.perf_counter()
-                dcode = _DIRECTION_CODES[direction]
-                name = lists_filename(direction, split)
-                done = _finished_file(tmp, name, text_image, image_split)
-                if done is not None:  # resumed: mined by an interrupted earlier run
-                    stats[name.removesuffix(".npz")] = done
-                    if verbose:
-                        print(f"kept {name} from an interrupted run")
-                    continue
-                problem, skipped = build_problem(
-                    direction,
-                    text_image,
-                    image_split,
-                    code,
-                    t2i_captions_per_image=k_t2i,
-                    i2t_positives=k_i2t,
-                    rng=np.random.default_rng([seed, dcode, code, _STAGE_SELECT]),
-                    image_emb=store.image_emb if use_emb else None,
-                    text_emb=store.text_emb if use_emb else None,
+    # One miner per lists directory: a second `xmr mine` into it waits here (its work dir
+    # would be this one's), then finds the lists published (or mines them if this one failed).
+    with DirLock(out_dir, what="mining candidate lists"):
+        if out_dir.exists():
+            if not overwrite:
+                raise FileExistsError(f"{out_dir}: lists directory exists (pass overwrite=True)")
+            if not out_dir.is_dir() or not (
+                (out_dir / "lists.json").is_file() or not any(out_dir.iterdir())
+            ):
+                raise FileExistsError(
+                    f"{out_dir}: refusing to overwrite something that is not a lists directory "
+                    "(no lists.json)"
                 )
-                if ranked:
-                    lists, s = _mine_ranked_file(
-                        problem,
+
+        text_image = np.asarray(store.text_image, dtype=np.int64)
+        image_split = np.asarray(store.image_split)
+        use_emb = strategy != "random"
+        params: dict[str, Any] = {
+            "pool": int(pool),
+            "hard": int(hard),
+            "t2i_captions_per_image": t2i_captions_per_image,
+            "i2t_positives": i2t_positives,
+            "strategy": strategy,
+            "splits": list(splits),
+            "directions": list(DIRECTIONS),
+            "rng_block": RNG_BLOCK,
+        }
+        pools: dict[str, int | None] = dict.fromkeys(DIRECTIONS)  # the pool strategy's pool
+        if ranked:
+            # Only the first-stage strategies record these, so hard/random lists.json stay as they are.
+            params["list_size"] = int(list_size)
+            if strategy == "pool":
+                params["pool_size"] = pool_size if pool_size == TEST_GALLERY else int(pool_size)
+                pools = {d: _resolve_pool_size(store, d, pool_size) for d in DIRECTIONS}
+                params["pool_size_resolved"] = dict(pools)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        fingerprint = store.fingerprint()
+        key = {
+            "store": str(Path(store.root).resolve()),
+            "store_fingerprint": fingerprint,
+            "params": params,
+            "seed": int(seed),
+        }
+        # The work directory: resumable, each finished file stays there until the whole directory
+        # is published, so a run started again after a kill with the same key mines only what is
+        # missing; a work directory of another key is discarded.
+        tmp = resume_work_dir(out_dir.parent / f".{out_dir.name}.partial", key, fmt=_PARTIAL_FORMAT)
+        try:
+            stats: dict[str, Any] = {}
+            for split in splits:
+                code = SPLIT_CODES[split]
+                for direction in DIRECTIONS:
+                    t0 = time.perf_counter()
+                    dcode = _DIRECTION_CODES[direction]
+                    name = lists_filename(direction, split)
+                    done = _finished_file(tmp, name, text_image, image_split)
+                    if done is not None:  # resumed: mined by an interrupted earlier run
+                        stats[name.removesuffix(".npz")] = done
+                        if verbose:
+                            print(f"kept {name} from an interrupted run")
+                        continue
+                    problem, skipped = build_problem(
                         direction,
-                        split,
-                        list_size=int(list_size),
-                        pool_size=pools[direction],
-                        seed_key=(seed, dcode, code, _STAGE_POOL),
-                        skipped=skipped,
+                        text_image,
+                        image_split,
+                        code,
+                        t2i_captions_per_image=k_t2i,
+                        i2t_positives=k_i2t,
+                        rng=np.random.default_rng([seed, dcode, code, _STAGE_SELECT]),
+                        image_emb=store.image_emb if use_emb else None,
+                        text_emb=store.text_emb if use_emb else None,
                     )
+                    if ranked:
+                        lists, s = _mine_ranked_file(
+                            problem,
+                            direction,
+                            split,
+                            list_size=int(list_size),
+                            pool_size=pools[direction],
+                            seed_key=(seed, dcode, code, _STAGE_POOL),
+                            skipped=skipped,
+                        )
+                        check_lists(
+                            lists,
+                            where=f"{name} (just mined)",
+                            text_image=text_image,
+                            image_split=image_split,
+                        )
+                        _publish_file(tmp, name, lists, s)
+                        stats[name.removesuffix(".npz")] = s
+                        if verbose:
+                            print(
+                                f"mined {name}: {s['num_lists']} lists x {s['list_length']} "
+                                f"in {time.perf_counter() - t0:.2f}s"
+                            )
+                        continue
+                    mined = mine_arrays(
+                        problem,
+                        pool=pool,
+                        hard=hard,
+                        strategy=strategy,
+                        seed_key=(seed, dcode, code, _STAGE_POOL),
+                    )
+                    lists = CandidateLists(
+                        problem.query_ids, mined.candidates, mined.labels, direction, split
+                    )
+                    # Data hygiene, checked on every mined file (independently of the miner's logic).
                     check_lists(
                         lists,
                         where=f"{name} (just mined)",
                         text_image=text_image,
                         image_split=image_split,
                     )
-                    _publish_file(tmp, name, lists, s)
+                    added = (problem.positives >= 0).sum(axis=1)
+                    s = _stats(
+                        mined,
+                        mined.labels,
+                        pool=pool,
+                        hard=hard,
+                        skipped=skipped,
+                        positives_added=added,
+                    )
+                    if s["lists_with_extra_positives"]:  # pragma: no cover - internal bug
+                        raise AssertionError(f"{name}: a relevant item entered through the pool")
                     stats[name.removesuffix(".npz")] = s
+                    _publish_file(tmp, name, lists, s)
                     if verbose:
                         print(
                             f"mined {name}: {s['num_lists']} lists x {s['list_length']} "
                             f"in {time.perf_counter() - t0:.2f}s"
                         )
-                    continue
-                mined = mine_arrays(
-                    problem,
-                    pool=pool,
-                    hard=hard,
-                    strategy=strategy,
-                    seed_key=(seed, dcode, code, _STAGE_POOL),
-                )
-                lists = CandidateLists(
-                    problem.query_ids, mined.candidates, mined.labels, direction, split
-                )
-                # Data hygiene, checked on every mined file (independently of the miner's logic).
-                check_lists(
-                    lists,
-                    where=f"{name} (just mined)",
-                    text_image=text_image,
-                    image_split=image_split,
-                )
-                added = (problem.positives >= 0).sum(axis=1)
-                s = _stats(
-                    mined,
-                    mined.labels,
-                    pool=pool,
-                    hard=hard,
-                    skipped=skipped,
-                    positives_added=added,
-                )
-                if s["lists_with_extra_positives"]:  # pragma: no cover - internal bug
-                    raise AssertionError(f"{name}: a relevant item entered through the pool")
-                stats[name.removesuffix(".npz")] = s
-                _publish_file(tmp, name, lists, s)
-                if verbose:
-                    print(
-                        f"mined {name}: {s['num_lists']} lists x {s['list_length']} "
-                        f"in {time.perf_counter() - t0:.2f}s"
-                    )
-        meta = {
-            "format": LISTS_FORMAT,
-            "store": str(Path(store.root).resolve()),
-            "store_fingerprint": fingerprint,
-            "params": params,
-            "seed": int(seed),
-            "stats": stats,
-            # The leakage probe of the files (xmr.data.probe); warns when a file leaks.
-            "probe": probe_paths(
-                store, {(d, sp): tmp / lists_filename(d, sp) for sp in splits for d in DIRECTIONS}
-            ),
-        }
-        (tmp / "lists.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        published = [lists_filename(d, split) for split in splits for d in DIRECTIONS]
-        publish_dir(tmp, out_dir, replace=True, keep=[*published, "lists.json"])
-    except Exception:
-        # An error would recur: leave nothing. An interruption (Ctrl-C, SIGKILL) keeps the
-        # finished files in the partial directory for the next run with the same key.
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            meta = {
+                "format": LISTS_FORMAT,
+                "store": str(Path(store.root).resolve()),
+                "store_fingerprint": fingerprint,
+                "params": params,
+                "seed": int(seed),
+                "stats": stats,
+                # The leakage probe of the files (xmr.data.probe); warns when a file leaks.
+                "probe": probe_paths(
+                    store,
+                    {(d, sp): tmp / lists_filename(d, sp) for sp in splits for d in DIRECTIONS},
+                ),
+            }
+            (tmp / "lists.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            published = [lists_filename(d, split) for split in splits for d in DIRECTIONS]
+            publish_dir(tmp, out_dir, replace=True, keep=[*published, "lists.json"])
+        except Exception:
+            # An error would recur: leave nothing. An interruption (Ctrl-C, SIGKILL) keeps the
+            # finished files in the partial directory for the next run with the same key.
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return out_dir
 
 
