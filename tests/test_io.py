@@ -1,7 +1,9 @@
-"""xmr.utils.io: atomic publishing of a directory and resumable work directories."""
+"""xmr.utils.io: atomic publishing of a directory and resumable work directories; a full disk
+named as such."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -12,10 +14,12 @@ import pytest
 
 from xmr.utils.io import (
     WORK_STATE,
+    NoSpaceLeftError,
     WorkDirMismatch,
     atomic_write,
     atomic_write_text,
     clean_stale_temps,
+    is_no_space,
     owner_tag,
     publish_dir,
     resume_work_dir,
@@ -160,3 +164,44 @@ def test_temporaries_of_dead_processes_are_cleaned_on_the_next_run(tmp_path: Pat
     (work / names["dead_file"]).write_bytes(b"")
     resume_work_dir(work, {"a": 1}, fmt="f/1")
     assert not (work / names["dead_file"]).exists()
+
+
+def _disk_full(tmp: Path) -> None:
+    tmp.write_bytes(b"x" * 100)
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _torch_short_write(tmp: Path) -> None:
+    """What ``torch.save`` raises on a full disk: ENOSPC only in the chained traceback."""
+    try:
+        _disk_full(tmp)
+    except OSError:
+        raise RuntimeError(  # noqa: B904 - implicit context only, as torch leaves it
+            "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"
+        )
+
+
+@pytest.mark.parametrize("writer", [_disk_full, _torch_short_write])
+def test_a_full_disk_is_reported_with_the_file_being_written(tmp_path: Path, writer) -> None:
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    with pytest.raises(NoSpaceLeftError) as err:
+        atomic_write(target, writer)
+    message = str(err.value)
+    assert message.startswith(f"no space left on device at {target} (")
+    assert " free there now; " in message
+    assert ("unexpected pos" in message) == (writer is _torch_short_write)  # the original, too
+    assert err.value.errno == errno.ENOSPC and is_no_space(err.value.__cause__)
+    assert list(target.parent.iterdir()) == []  # the partial temporary file is gone
+
+
+def test_other_write_errors_pass_unchanged(tmp_path: Path) -> None:
+    def denied(tmp: Path) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    with pytest.raises(PermissionError):
+        atomic_write(tmp_path / "x", denied)
+    assert not is_no_space(RuntimeError("some other torch error"))
+    assert is_no_space(
+        RuntimeError("[enforce fail at inline_container.cc:778] . file write failed")
+    )
+    assert is_no_space(OSError(errno.EDQUOT, "Disk quota exceeded"))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -12,10 +16,12 @@ from omegaconf import open_dict
 
 from xmr.runs.loggers import (
     build_loggers,
+    make_wandb_logger,
     read_offline_run,
     results_table_rows,
     run_names,
     wandb_mode,
+    wandb_unreachable,
 )
 from xmr.train import train
 from xmr.utils.secrets import scrub_secrets
@@ -60,6 +66,62 @@ def test_mode_is_offline_without_a_key_and_online_with_one(monkeypatch, tmp_path
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert wandb_mode() == "disabled"  # an explicit mode always wins
     assert wandb_mode("offline") == "offline"
+
+
+@pytest.fixture
+def online_key(monkeypatch) -> None:
+    """An API key and no WANDB_MODE: W&B would go online (no proxy, the default host)."""
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    for name in ("WANDB_BASE_URL", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_online_wandb_without_network_logs_offline_and_says_how_to_sync(
+    online_key, monkeypatch, tmp_path, caplog
+) -> None:
+    tried = []
+
+    def no_network(address, timeout=None, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        tried.append((address, timeout))
+        raise OSError(errno.ENETUNREACH, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    save_dir = tmp_path / "run"
+    with caplog.at_level(logging.WARNING, logger="xmr.runs.loggers"):
+        logger = make_wandb_logger(save_dir=str(save_dir), connect_timeout=0.5)
+    assert tried == [(("api.wandb.ai", 443), 0.5)]  # one cheap probe, not wandb.init's retries
+    assert logger._wandb_init["mode"] == "offline" and logger._offline
+    assert "W&B is unreachable (api.wandb.ai:443: [Errno" in caplog.text
+    assert f"`wandb sync {save_dir / 'wandb' / 'offline-run-*'}`" in caplog.text
+
+
+def test_reachability_probe_has_a_deadline_and_a_reachable_host_stays_online(
+    online_key, monkeypatch, tmp_path
+) -> None:
+    answer = threading.Event()
+
+    def silent(address, timeout=None, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        answer.wait(5)  # a host that never answers (released at the end of the test)
+        raise OSError(errno.ETIMEDOUT, "timed out")
+
+    monkeypatch.setattr(socket, "create_connection", silent)
+    t0 = time.monotonic()
+    assert wandb_unreachable(0.2) == "api.wandb.ai:443: no connection within 0.2 s"
+    assert time.monotonic() - t0 < 2
+    answer.set()
+
+    class Connection:
+        def __enter__(self):  # noqa: ANN204
+            return self
+
+        def __exit__(self, *exc):  # noqa: ANN002, ANN204
+            return False
+
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: Connection())
+    assert wandb_unreachable(0.2) is None
+    logger = make_wandb_logger(save_dir=str(tmp_path / "run"), connect_timeout=0.2)
+    assert logger._wandb_init["mode"] == "online"  # the run itself is created lazily: no network
 
 
 def test_scrub_secrets_hides_keys_tokens_and_the_env_key(monkeypatch) -> None:

@@ -5,7 +5,10 @@
 - a multirun sweep: the relaunch skips the finished job and completes the others;
 - mining: the relaunch keeps the files mined before the kill (same inode) and publishes lists
   bytes-identical to an uninterrupted mine;
-- extraction: the relaunch keeps the finished chunks and writes the same store.
+- extraction: the relaunch keeps the finished chunks and writes the same store;
+- a rerun whose config differs (a sweep rerun handing a trial folder other settings) never resumes
+  the old checkpoint: the old run is moved aside to ``<run>.old-<time>`` and the job starts afresh;
+  a rerun of the same config (up to run-management keys) resumes in place.
 
 Every store here is SYNTHETIC except the extraction test's real photos (tiny random encoder).
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -31,6 +35,8 @@ from hydra import compose, initialize_config_dir
 from xmr.data.mining import mine_lists
 from xmr.data.store import FeatureStore
 from xmr.data.synth import PRESETS, write_synthetic_store
+from xmr.report.collect import collect, collect_unfinished
+from xmr.runs.results import SET_ASIDE_FILE
 from xmr.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,6 +100,60 @@ def _ckpt_epoch(path: Path) -> int | None:
         return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
     except (FileNotFoundError, RuntimeError, EOFError):
         return None
+
+
+def test_rerun_with_another_config_moves_the_old_run_aside_and_starts_fresh(
+    tiny_store: Path, tmp_path: Path, caplog
+) -> None:
+    base = _train_overrides(tiny_store, tmp_path / "lists", 1)
+    train(make_cfg(tmp_path, [*base, "model.net.fc_sizes=[16]"], "trial"))
+    job = tmp_path / "trial"
+    assert (job / "checkpoints" / "last.ckpt").is_file() and (job / "results.json").is_file()
+    (job / "failed.json").write_text("{}")  # as an earlier failed attempt of that config left it
+
+    # The rerun hands the same folder another config: before, it resumed the old last.ckpt and
+    # crashed on a size mismatch, leaving new config.yaml beside old results.json + failed.json.
+    with caplog.at_level(logging.WARNING, logger="xmr.runs.lifecycle"):
+        results = train(make_cfg(tmp_path, [*base, "model.net.fc_sizes=[32]"], "trial"))
+    (old,) = tmp_path.glob("trial.old-*")
+    assert f"{job}: holds a run of another config (differs at model.net.fc_sizes)" in caplog.text
+    assert f"moved it aside to {old}" in caplog.text
+    assert json.loads((old / "results.json").read_text())["config"]["model"]["net"]["fc_sizes"] == [
+        16
+    ]
+    assert (old / "checkpoints" / "last.ckpt").is_file() and (old / "failed.json").is_file()
+    assert json.loads((old / SET_ASIDE_FILE).read_text())["differs"] == ["model.net.fc_sizes"]
+    assert results["config"]["model"]["net"]["fc_sizes"] == [32] and results["epochs_run"] == 1
+    assert not (job / "failed.json").exists()
+    assert "fc_sizes:\n    - 32\n" in (job / "config.yaml").read_text()
+    # the report sees the one job, not the run set aside
+    assert [Path(r["_path"]).parent for r in collect(tmp_path)] == [job]
+    assert collect_unfinished(tmp_path) == []
+
+
+def test_rerun_of_the_same_config_resumes_in_place(
+    tiny_store: Path, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    import xmr.train as train_module
+
+    overrides = _train_overrides(tiny_store, tmp_path / "lists", 1)
+
+    def lost(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("killed after training")
+
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "test_record", lost)
+        with pytest.raises(RuntimeError, match="killed after training"):
+            train(make_cfg(tmp_path, overrides, "job"))
+    job = tmp_path / "job"
+    assert (job / "failed.json").is_file() and (job / "checkpoints" / "last.ckpt").is_file()
+    # run-management keys may change: threads, the loggers (left out of the run dir's name)
+    again = [*overrides, "threads=2", "logger=[csv,tensorboard]"]
+    with caplog.at_level(logging.INFO, logger="xmr.train"):
+        results = train(make_cfg(tmp_path, again, "job"))
+    assert f"resuming from {job / 'checkpoints' / 'last.ckpt'}" in caplog.text
+    assert not list(tmp_path.glob("job.old-*"))
+    assert results["epochs_run"] == 1 and not (job / "failed.json").exists()
 
 
 @pytest.mark.slow
@@ -246,6 +306,7 @@ def test_killed_mining_resumes_and_keeps_finished_files(mining_store: Path, tmp_
         "data.synth=null",
         f"data.lists_dir={out}",
         *[f"data.mining.{k}={v}" for k, v in mining.items()],
+        "verbose=true",  # the full per-file statistics
     ]
     log = tmp_path / "mine.log"
     proc = _launch(cmd, tmp_path, log)

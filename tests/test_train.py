@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +20,11 @@ from xmr.data.store import FeatureStore
 from xmr.eval import evaluate
 from xmr.metrics.functional import recall_hit_at_k
 from xmr.models.module import validation_keys
+from xmr.runs.lifecycle import write_failure
 from xmr.runs.results import load_predictions
 from xmr.train import train
 from xmr.utils.instantiate import ConfigError, instantiate
+from xmr.utils.io import NoSpaceLeftError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -191,6 +196,57 @@ def test_cosine_baseline_matches_direct_computation(small_store, tmp_path) -> No
     labels = torch.from_numpy(lists.labels.astype(np.float32))
     direct = recall_hit_at_k(scores, labels, torch.ones_like(labels, dtype=torch.bool), 1).mean()
     assert results["test/t2i/recall@1"] == pytest.approx(float(direct), abs=1e-6)
+
+
+class _FullDisk(io.RawIOBase):
+    """A file on a file system that fills up after ``room`` bytes."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # noqa: ANN001
+        self.room -= len(data)
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return len(data)
+
+
+def test_full_disk_while_checkpointing_fails_the_run_naming_the_file(
+    small_store, tmp_path, monkeypatch
+) -> None:
+    real_save = torch.save
+
+    def save_on_a_full_disk(obj, f, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        return real_save(obj, _FullDisk(room=2048), *args, **kwargs)  # the real torch error
+
+    monkeypatch.setattr(torch, "save", save_on_a_full_disk)
+    cfg = make_cfg(tmp_path, tiny_overrides(small_store(joint_space=True), "trainer.max_epochs=1"))
+    out = Path(cfg.paths.output_dir)
+    with pytest.raises(NoSpaceLeftError, match=f"^no space left on device at {out}/checkpoints/"):
+        train(cfg)
+    failed = json.loads((out / "failed.json").read_text())
+    error = failed["error"]
+    assert error.startswith(f"NoSpaceLeftError: no space left on device at {out}/checkpoints/")
+    assert "unexpected pos" in error  # before: this was all the error said
+    assert "No space left on device" in failed["traceback"]  # the chained OSError, kept
+    assert not list((out / "checkpoints").glob(".*.tmp"))
+
+
+def test_failure_record_that_cannot_be_written_does_not_hide_the_error(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    def full(path, obj):  # noqa: ANN001, ANN202
+        raise NoSpaceLeftError(path)
+
+    monkeypatch.setattr("xmr.runs.lifecycle.atomic_write_json", full)
+    cfg = make_cfg(tmp_path, ["data=synthetic_tiny"])
+    with caplog.at_level(logging.ERROR, logger="xmr.runs.lifecycle"):
+        write_failure(tmp_path, cfg, RuntimeError("the job's own error"))
+    assert "could not be written (no space left on device at" in caplog.text
+    assert "the run failed with RuntimeError: the job's own error" in caplog.text
 
 
 @pytest.mark.slow

@@ -37,6 +37,14 @@ Reliability (tests/test_resume.py, tests/test_determinism.py):
   :class:`xmr.models.module.TrainingDivergedError` (epoch, batch, likely cause): it fails as above.
   Training refuses a store without validation images
   (:meth:`xmr.data.datamodule.XMRDataModule.check_validation`).
+- One process per run directory (:func:`xmr.runs.lifecycle.claim_run_dir`): a second
+  ``xmr train`` into a directory in use exits non-zero at once, naming the holder, and writes
+  nothing there (:class:`xmr.runs.lifecycle.RunDirLock` claims it before Hydra writes).
+- A run directory left by another config (a sweep rerun whose jobs got other settings) is moved
+  aside to ``<run dir>.old-<time>`` and the run starts fresh: a checkpoint is only ever resumed
+  by the config that wrote it (:func:`xmr.runs.lifecycle.set_aside_changed_run`).
+- A full disk fails the run with ``no space left on device at <file>``
+  (:class:`xmr.utils.io.NoSpaceLeftError`), in ``failed.json`` too.
 - ``config.yaml``, ``results.json`` and ``failed.json`` are written with secrets scrubbed
   (:func:`xmr.runs.lifecycle.write_record`). Hydra's own ``.hydra/overrides.yaml`` records the command
   line verbatim: pass W&B keys through the environment (``WANDB_API_KEY``), never as overrides.
@@ -68,7 +76,9 @@ from xmr.runs.lifecycle import (
     FAILED_FILE,
     RESULTS_FILE,
     begin_attempt,
+    claim_run_dir,
     output_dir_of,
+    set_aside_changed_run,
     test_record,
     write_failure,
     write_record,
@@ -97,8 +107,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     On an error the run writes ``failed.json`` (:func:`write_failure`) into its directory instead
     of ``results.json`` and re-raises; a successful run removes a stale ``failed.json``. An error
     after this attempt wrote its ``results.json`` leaves the results and writes no
-    ``failed.json`` (see :mod:`xmr.runs.lifecycle`).
+    ``failed.json`` (see :mod:`xmr.runs.lifecycle`). A run directory in use by another process
+    raises :class:`xmr.runs.lifecycle.RunDirBusy` before anything is written
+    (:func:`claim_run_dir`).
     """
+    out = output_dir_of(cfg)
+    lock = claim_run_dir(out)
     published: list[Path] = []  # results.json, once this attempt has written it
     started = utc_now()  # provenance.started of the records
     try:
@@ -108,8 +122,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if published:
             log.error("%s written, then the run failed (%s); no failed.json", published[0], exc)
         else:
-            write_failure(output_dir_of(cfg), cfg, exc, started=started)
+            write_failure(out, cfg, exc, started=started)
         raise
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _train(cfg: DictConfig, published: list[Path], started: str) -> dict[str, Any]:
@@ -120,6 +137,7 @@ def _train(cfg: DictConfig, published: list[Path], started: str) -> dict[str, An
         log.info("%s: already finished (results.json present); skipping", out)
         remove_if_exists(out / FAILED_FILE)
         return done
+    set_aside_changed_run(out, cfg)  # another config's run: never resume its checkpoint
     begin_attempt(out, cfg)
     L.seed_everything(int(cfg.seed), workers=True)
 

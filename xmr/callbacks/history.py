@@ -8,7 +8,7 @@ from pathlib import Path
 
 import lightning as L
 
-from xmr.utils.io import atomic_write_text
+from xmr.utils.io import atomic_write_text, no_space_reported
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ class MetricsHistoryCallback(L.Callback):
             "step": int(trainer.global_step),
             **values,
         }
-        append_record(self.path, record)
+        with no_space_reported(self.path):
+            append_record(self.path, record)
         shown = " ".join(
             f"{k}={v:.4f}"
             for k, v in sorted(values.items())

@@ -48,6 +48,7 @@ from xmr.data.mining import (
 )
 from xmr.data.store import DIRECTIONS, MANIFEST, FeatureStore, StoreError
 from xmr.data.synth import check_synthetic_store, synth_config, write_synthetic_store
+from xmr.utils.lock import DirLock
 
 log = logging.getLogger(__name__)
 
@@ -512,7 +513,13 @@ def prepare_store_and_lists(
     synth: Mapping[str, Any] | None,
     mining: Mapping[str, Any],
 ) -> None:
-    """Make sure ``store`` and ``lists_dir`` exist: generate (synthetic only) and mine if not."""
+    """Make sure ``store`` and ``lists_dir`` exist: generate (synthetic only) and mine if not.
+
+    Safe to run in several processes at once (two ``xmr train`` on a fresh data directory): the
+    one that finds the store (the lists) missing generates (mines) it under the directory's lock
+    (:class:`xmr.utils.lock.DirLock`); the others wait for that lock, then find the work done and
+    use it. A store or lists directory that exists is only read: no lock, so read-only shared
+    data stays usable."""
     if not (store / "manifest.json").exists():
         if not synth:
             raise FileNotFoundError(
@@ -521,10 +528,18 @@ def prepare_store_and_lists(
                 "(see `xmr extract`) or use data=synthetic_demo."
             )
         cfg = synth_config(synth)
-        log.info("generating SYNTHETIC feature store at %s (%s)", store, cfg)
-        write_synthetic_store(store, cfg)
-    elif synth:
+        with DirLock(store, what="generating a SYNTHETIC feature store"):
+            if (store / "manifest.json").exists():
+                log.info("%s: generated meanwhile by another process; using it", store)
+            else:
+                log.info("generating SYNTHETIC feature store at %s (%s)", store, cfg)
+                write_synthetic_store(store, cfg)
+    if synth:
         check_synthetic_store(store, synth_config(synth))
     if not (lists_dir / "lists.json").exists():
-        log.info("mining candidate lists into %s (%s)", lists_dir, dict(mining))
-        mine_lists(FeatureStore.open(store), lists_dir, **dict(mining))
+        with DirLock(lists_dir, what="mining candidate lists"):
+            if (lists_dir / "lists.json").exists():
+                log.info("%s: mined meanwhile by another process; using it", lists_dir)
+            else:
+                log.info("mining candidate lists into %s (%s)", lists_dir, dict(mining))
+                mine_lists(FeatureStore.open(store), lists_dir, **dict(mining))

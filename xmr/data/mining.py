@@ -89,6 +89,10 @@ Re-drawn training lists (``pool`` only; the datamodule's ``data.redraw_train_lis
 :func:`redraw_train_lists` mines a direction's training file again, the same way, with the epoch
 added to the pools' RNG key (``[seed, direction, split, stage, epoch, block]``): the same queries
 and positives, new random pools, so more distinct lists from small data. Epoch 0 is the mined file.
+
+One miner per lists directory: :func:`mine_lists` holds ``<name>.lock`` beside it
+(:class:`xmr.utils.lock.DirLock`) from its existence check to the publication, so a second one
+waits instead of sharing (and deleting) the first one's work directory.
 """
 
 from __future__ import annotations
@@ -110,6 +114,7 @@ from xmr.data.probe import probe_paths
 from xmr.data.store import DIRECTIONS, SPLITS, FeatureStore
 from xmr.metrics.ranking import pessimistic_order, pessimistic_topk
 from xmr.utils.io import atomic_write, atomic_write_text, publish_dir, resume_work_dir
+from xmr.utils.lock import DirLock
 
 log = logging.getLogger(__name__)
 
@@ -928,98 +933,102 @@ def mine_lists(
     splits = tuple(splits)
     if not splits or len(set(splits)) != len(splits) or not set(splits) <= set(SPLIT_CODES):
         raise ListsError(f"splits: must be distinct names from {tuple(SPLIT_CODES)}, got {splits}")
-    if out_dir.exists():
-        if not overwrite:
-            raise FileExistsError(f"{out_dir}: lists directory exists (pass overwrite=True)")
-        if not out_dir.is_dir() or not (
-            (out_dir / "lists.json").is_file() or not any(out_dir.iterdir())
-        ):
-            raise FileExistsError(
-                f"{out_dir}: refusing to overwrite something that is not a lists directory "
-                "(no lists.json)"
-            )
-
-    text_image = np.asarray(store.text_image, dtype=np.int64)
-    image_split = np.asarray(store.image_split)
-    params: dict[str, Any] = {
-        "pool": int(pool),
-        "hard": int(hard),
-        "t2i_captions_per_image": t2i_captions_per_image,
-        "i2t_positives": i2t_positives,
-        "strategy": strategy,
-        "splits": list(splits),
-        "directions": list(DIRECTIONS),
-        "rng_block": RNG_BLOCK,
-    }
-    pools: dict[str, int | None] = dict.fromkeys(DIRECTIONS)  # the pool strategy's pool
-    if opts.ranked:
-        # Only the first-stage strategies record these, so hard/random lists.json stay as they are.
-        params["list_size"] = int(list_size)
-        if strategy == "pool":
-            params["pool_size"] = pool_size if pool_size == TEST_GALLERY else int(pool_size)
-            pools = {d: _resolve_pool_size(store, d, pool_size) for d in DIRECTIONS}
-            params["pool_size_resolved"] = dict(pools)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    fingerprint = store.fingerprint()
-    key = {
-        "store": str(Path(store.root).resolve()),
-        "store_fingerprint": fingerprint,
-        "params": params,
-        "seed": int(seed),
-    }
-    # The work directory: resumable, each finished file stays there until the whole directory
-    # is published, so a run started again after a kill with the same key mines only what is
-    # missing; a work directory of another key is discarded.
-    tmp = resume_work_dir(out_dir.parent / f".{out_dir.name}.partial", key, fmt=_PARTIAL_FORMAT)
-    try:
-        stats: dict[str, Any] = {}
-        for split in splits:
-            for direction in DIRECTIONS:
-                t0 = time.perf_counter()
-                name = lists_filename(direction, split)
-                done = _finished_file(tmp, name, text_image, image_split)
-                if done is not None:  # resumed: mined by an interrupted earlier run
-                    stats[name.removesuffix(".npz")] = done
-                    if verbose:
-                        print(f"kept {name} from an interrupted run")
-                    continue
-                lists, s = _mine_file(
-                    store,
-                    opts,
-                    direction,
-                    split,
-                    pool_size=pools[direction],
-                    text_image=text_image,
-                    image_split=image_split,
+    # One miner per lists directory: a second `xmr mine` into it waits here (its work dir
+    # would be this one's), then finds the lists published (or mines them if this one failed).
+    with DirLock(out_dir, what="mining candidate lists"):
+        if out_dir.exists():
+            if not overwrite:
+                raise FileExistsError(f"{out_dir}: lists directory exists (pass overwrite=True)")
+            if not out_dir.is_dir() or not (
+                (out_dir / "lists.json").is_file() or not any(out_dir.iterdir())
+            ):
+                raise FileExistsError(
+                    f"{out_dir}: refusing to overwrite something that is not a lists directory "
+                    "(no lists.json)"
                 )
-                stats[name.removesuffix(".npz")] = s
-                _publish_file(tmp, name, lists, s)
-                if verbose:
-                    print(
-                        f"mined {name}: {s['num_lists']} lists x {s['list_length']} "
-                        f"in {time.perf_counter() - t0:.2f}s"
-                    )
-        meta = {
-            "format": LISTS_FORMAT,
+
+        text_image = np.asarray(store.text_image, dtype=np.int64)
+        image_split = np.asarray(store.image_split)
+        params: dict[str, Any] = {
+            "pool": int(pool),
+            "hard": int(hard),
+            "t2i_captions_per_image": t2i_captions_per_image,
+            "i2t_positives": i2t_positives,
+            "strategy": strategy,
+            "splits": list(splits),
+            "directions": list(DIRECTIONS),
+            "rng_block": RNG_BLOCK,
+        }
+        pools: dict[str, int | None] = dict.fromkeys(DIRECTIONS)  # the pool strategy's pool
+        if opts.ranked:
+            # Only the first-stage strategies record these, so hard/random lists.json stay as they are.
+            params["list_size"] = int(list_size)
+            if strategy == "pool":
+                params["pool_size"] = pool_size if pool_size == TEST_GALLERY else int(pool_size)
+                pools = {d: _resolve_pool_size(store, d, pool_size) for d in DIRECTIONS}
+                params["pool_size_resolved"] = dict(pools)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        fingerprint = store.fingerprint()
+        key = {
             "store": str(Path(store.root).resolve()),
             "store_fingerprint": fingerprint,
             "params": params,
             "seed": int(seed),
-            "stats": stats,
-            # The leakage probe of the files (xmr.data.probe); warns when a file leaks.
-            "probe": probe_paths(
-                store, {(d, sp): tmp / lists_filename(d, sp) for sp in splits for d in DIRECTIONS}
-            ),
         }
-        warn_short_pools(meta)
-        (tmp / "lists.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        published = [lists_filename(d, split) for split in splits for d in DIRECTIONS]
-        publish_dir(tmp, out_dir, replace=True, keep=[*published, "lists.json"])
-    except Exception:
-        # An error would recur: leave nothing. An interruption (Ctrl-C, SIGKILL) keeps the
-        # finished files in the partial directory for the next run with the same key.
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        # The work directory: resumable, each finished file stays there until the whole directory
+        # is published, so a run started again after a kill with the same key mines only what is
+        # missing; a work directory of another key is discarded.
+        tmp = resume_work_dir(out_dir.parent / f".{out_dir.name}.partial", key, fmt=_PARTIAL_FORMAT)
+        try:
+            stats: dict[str, Any] = {}
+            for split in splits:
+                for direction in DIRECTIONS:
+                    t0 = time.perf_counter()
+                    name = lists_filename(direction, split)
+                    done = _finished_file(tmp, name, text_image, image_split)
+                    if done is not None:  # resumed: mined by an interrupted earlier run
+                        stats[name.removesuffix(".npz")] = done
+                        if verbose:
+                            print(f"kept {name} from an interrupted run")
+                        continue
+                    lists, s = _mine_file(
+                        store,
+                        opts,
+                        direction,
+                        split,
+                        pool_size=pools[direction],
+                        text_image=text_image,
+                        image_split=image_split,
+                    )
+                    stats[name.removesuffix(".npz")] = s
+                    _publish_file(tmp, name, lists, s)
+                    if verbose:
+                        print(
+                            f"mined {name}: {s['num_lists']} lists x {s['list_length']} "
+                            f"in {time.perf_counter() - t0:.2f}s"
+                        )
+            meta = {
+                "format": LISTS_FORMAT,
+                "store": str(Path(store.root).resolve()),
+                "store_fingerprint": fingerprint,
+                "params": params,
+                "seed": int(seed),
+                "stats": stats,
+                # The leakage probe of the files (xmr.data.probe); warns when a file leaks.
+                "probe": probe_paths(
+                    store,
+                    {(d, sp): tmp / lists_filename(d, sp) for sp in splits for d in DIRECTIONS},
+                ),
+            }
+            warn_short_pools(meta)
+            (tmp / "lists.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            published = [lists_filename(d, split) for split in splits for d in DIRECTIONS]
+            publish_dir(tmp, out_dir, replace=True, keep=[*published, "lists.json"])
+        except Exception:
+            # An error would recur: leave nothing. An interruption (Ctrl-C, SIGKILL) keeps the
+            # finished files in the partial directory for the next run with the same key.
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return out_dir
 
 

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from xmr.utils.io import clean_stale_temps, owner_tag, publish_dir
+from xmr.utils.lock import DirLock
 
 __all__ = [
     "FORMAT",
@@ -623,7 +624,8 @@ def write_store(
     Files are written into ``<path>.tmp-<owner>`` (:func:`xmr.utils.io.owner_tag`), validated with :meth:`FeatureStore.open`, and
     only then published at ``path`` by :func:`xmr.utils.io.publish_dir` (fsync, rename; an
     existing store is swapped out in one step), so ``path`` never holds a mix. On any error the
-    temp directory is removed and an old store stays untouched.
+    temp directory is removed and an old store stays untouched. Writers of one path take turns
+    (``<path>.lock``, :class:`xmr.utils.lock.DirLock`): a second one waits for the first.
     """
     target = Path(path)
     if target.exists() and not overwrite:
@@ -694,25 +696,28 @@ def write_store(
     except (TypeError, ValueError) as exc:
         raise StoreError(f"encoder: provenance must be JSON-serialisable ({exc})") from exc
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temps(target.parent)  # stores half-written by processes that are gone
-    tmp = target.with_name(f"{target.name}.tmp-{owner_tag()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)  # leftover of a crashed write by a process with the same pid
-    try:
-        tmp.mkdir()
-        _save_npy(tmp / IMAGE_EMB, img_out)
-        _save_npy(tmp / TEXT_EMB, txt_out)
-        _save_npy(tmp / TEXT_IMAGE, t2i.astype(np.int64))
-        _save_npy(tmp / IMAGE_SPLIT, split.astype(np.uint8))
-        _save_text(tmp / IMAGES_TXT, "".join(s + "\n" for s in image_ids))
-        _save_text(tmp / CAPTIONS_TXT, "".join(s + "\n" for s in caption_lines))
-        _save_text(tmp / MANIFEST, manifest_text)  # last: a store without it never validates
-        FeatureStore.open(tmp)  # validate before publishing
-        if target.exists() and not overwrite:
-            raise FileExistsError(f"{target}: appeared while writing (overwrite=False)")
-        publish_dir(tmp, target, replace=overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    # One writer per store path at a time (xmr.utils.lock): a second one waits here and then
+    # finds the store published (an error unless it replaces it).
+    with DirLock(target, what="writing a feature store"):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temps(target.parent)  # stores half-written by processes that are gone
+        tmp = target.with_name(f"{target.name}.tmp-{owner_tag()}")
+        if tmp.exists():
+            shutil.rmtree(tmp)  # leftover of a crashed write by a process with the same pid
+        try:
+            tmp.mkdir()
+            _save_npy(tmp / IMAGE_EMB, img_out)
+            _save_npy(tmp / TEXT_EMB, txt_out)
+            _save_npy(tmp / TEXT_IMAGE, t2i.astype(np.int64))
+            _save_npy(tmp / IMAGE_SPLIT, split.astype(np.uint8))
+            _save_text(tmp / IMAGES_TXT, "".join(s + "\n" for s in image_ids))
+            _save_text(tmp / CAPTIONS_TXT, "".join(s + "\n" for s in caption_lines))
+            _save_text(tmp / MANIFEST, manifest_text)  # last: a store without it never validates
+            FeatureStore.open(tmp)  # validate before publishing
+            if target.exists() and not overwrite:
+                raise FileExistsError(f"{target}: appeared while writing (overwrite=False)")
+            publish_dir(tmp, target, replace=overwrite)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return target

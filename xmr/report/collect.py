@@ -2,7 +2,9 @@
 configs and predictions files, and the table row each job belongs to.
 
 Jobs that failed (``failed.json``) or never finished (``config.yaml`` but no ``results.json``)
-are collected too, so that the report lists them and counts them in the ``runs`` column.
+are collected too, so that the report lists them and counts them in the ``runs`` column. Run
+directories moved aside for a run of another config (``<run>.old-<time>`` holding
+``set_aside.json``) are not jobs of the sweep and are skipped.
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ import numpy as np
 import yaml
 
 from xmr.runs.naming import method_of_config
-from xmr.runs.results import flatten_config, load_full_predictions, load_predictions
+from xmr.runs.results import (
+    SET_ASIDE_FILE,
+    flatten_config,
+    load_full_predictions,
+    load_predictions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +47,8 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
     """Every readable ``results.json`` below ``root`` (sorted by path), with ``_path`` added."""
     runs = []
     for path in sorted(Path(root).rglob("results.json")):
+        if (path.parent / SET_ASIDE_FILE).exists():
+            continue
         try:
             run = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as err:
@@ -80,7 +89,7 @@ def collect_unfinished(root: str | Path) -> list[dict[str, Any]]:
             candidates.add(job)
     jobs = []
     for job in sorted(candidates):
-        if (job / "results.json").exists():
+        if (job / "results.json").exists() or (job / SET_ASIDE_FILE).exists():
             continue
         inside = [p for p in job.parents if p == root or root in p.parents]
         if any((p / "results.json").exists() for p in inside):

@@ -1,6 +1,11 @@
 """A run's directory and the records written into it, shared by every command.
 
 - :func:`output_dir_of` — the run directory;
+- :func:`claim_run_dir` — one process per run directory: a second one is refused at once
+  (:class:`RunDirBusy`); :class:`RunDirLock` claims it for ``xmr train`` before Hydra writes
+  anything there;
+- :func:`set_aside_changed_run` — a run directory left by another config is moved aside to
+  ``<run dir>.old-<time>`` before a run starts in it (never resume another config's checkpoint);
 - :func:`write_record` — the one writer of run records (``config.yaml``, ``results.json``,
   ``eval_results.json``, ``failed.json``): atomic, secrets scrubbed
   (:func:`xmr.utils.secrets.scrub_secrets`) inside it, so no caller scrubs;
@@ -27,6 +32,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +41,8 @@ from typing import Any
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from xmr.data.datamodule import XMRDataModule
@@ -41,7 +50,13 @@ from xmr.metrics.full_gallery import run_protocol
 from xmr.models.build import build_module, load_weights
 from xmr.models.module import RankingModule, run_test_loop
 from xmr.models.scorer import scorer_kind
-from xmr.runs.results import results_record, write_full_predictions, write_predictions
+from xmr.runs.results import (
+    SET_ASIDE_FILE,
+    config_differences,
+    results_record,
+    write_full_predictions,
+    write_predictions,
+)
 from xmr.utils.config import validate_config
 from xmr.utils.instantiate import instantiate
 from xmr.utils.io import (
@@ -50,6 +65,7 @@ from xmr.utils.io import (
     clean_stale_temps,
     remove_if_exists,
 )
+from xmr.utils.lock import DirLock, LockBusy, describe_holder
 from xmr.utils.provenance import collect_provenance
 from xmr.utils.secrets import scrub_secrets
 
@@ -66,6 +82,130 @@ def output_dir_of(cfg: DictConfig) -> Path:
     if HydraConfig.initialized():
         return Path(HydraConfig.get().runtime.output_dir)
     return Path(str(cfg.paths.output_dir))
+
+
+class RunDirBusy(RuntimeError):
+    """Another process is running in the run directory (:func:`claim_run_dir`)."""
+
+
+def claim_run_dir(out: str | Path) -> DirLock | None:
+    """Lock the run directory ``out`` for this process (:class:`xmr.utils.lock.DirLock` on
+    ``<out>.lock``; re-entrant, released by the returned lock's ``release`` or when the process
+    ends). Refuses at once, before anything is written into ``out``, when another process holds
+    it: :class:`RunDirBusy` ``"<out> is in use by pid N (command ..., since ...); wait for it or
+    use another hydra.run.dir"`` (two runs in one directory would resume from each other's
+    checkpoints and interleave ``metrics.jsonl``).
+
+    Only global rank 0 claims (returns None elsewhere): the other DDP ranks are processes of the
+    same run, started by rank 0 while it holds the directory."""
+    if rank_zero_only.rank != 0:
+        return None
+    lock = DirLock(out, what="a run in this directory", wait=False)
+    try:
+        return lock.acquire()
+    except LockBusy as busy:
+        raise RunDirBusy(
+            f"{lock.directory} is in use by {describe_holder(busy.holder)}; wait for it or use "
+            "another hydra.run.dir"
+        ) from None
+
+
+class RunDirLock(Callback):
+    """Hydra callback (``hydra.callbacks`` in conf/train.yaml): claims the run directory
+    (:func:`claim_run_dir`) in ``on_run_start``, before Hydra creates it and writes ``.hydra/``
+    and the job's log file there, so a second ``xmr train`` into a busy directory exits
+    non-zero with :class:`RunDirBusy`'s message and leaves the directory untouched. Multirun
+    jobs are claimed by the task itself (:func:`xmr.train.train`), after Hydra's own files."""
+
+    def __init__(self) -> None:
+        self._lock: DirLock | None = None
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            HydraConfig.instance().set_config(config)  # as run_job does, for ${hydra:...}
+            out = Path(os.path.abspath(str(OmegaConf.select(config, "hydra.run.dir"))))
+        except Exception:  # noqa: BLE001 - Hydra reports it in run_job; the task claims the dir
+            return
+        try:
+            self._lock = claim_run_dir(out)
+        except RunDirBusy as busy:
+            raise SystemExit(f"error: {busy}") from None
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+def _open_log_files(out: Path) -> set[str]:
+    """Names of files in ``out`` that logging handlers hold open (Hydra's job log)."""
+    names, out = set(), Path(os.path.abspath(out))
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, logging.FileHandler):
+                path = Path(os.path.abspath(handler.baseFilename))
+                if path.parent == out:
+                    names.add(path.name)
+    return names
+
+
+def set_aside_changed_run(out: str | Path, cfg: DictConfig) -> Path | None:
+    """Move the run left in ``out`` by another config aside, so a run of ``cfg`` starts fresh.
+
+    When ``out/config.yaml`` records a config differing from ``cfg`` in a key that is not in
+    :data:`xmr.runs.results.RERUN_NEUTRAL_KEYS` (or cannot be read), the run there — checkpoints,
+    ``results.json``, ``failed.json``, ``metrics.jsonl``, ... — moves to
+    ``<out>.old-<YYYYmmdd-HHMMSS>`` (kept, with ``set_aside.json`` saying why; ``xmr report``
+    skips it) and a WARNING names the differing keys; returns that directory. Hydra's ``.hydra/``
+    and the job's open log file, written by the starting job, stay. ``config.yaml`` moves last,
+    so an interrupted move never leaves a checkpoint without its config (the next start moves
+    the rest). Returns None when there is nothing to
+    move (no ``config.yaml``, or the same job: it may resume)."""
+    out = Path(out)
+    saved_path = out / CONFIG_FILE
+    if not saved_path.is_file():
+        return None
+    try:
+        # OmegaConf's own loader reads back what OmegaConf.to_yaml wrote (1e-05 stays a float)
+        saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=False)
+    except Exception as err:  # noqa: BLE001 - unreadable or not YAML: cannot be the same job
+        saved, differs = None, [f"<{CONFIG_FILE} unreadable: {type(err).__name__}>"]
+    if saved is not None:
+        differs = config_differences(saved, cfg)
+    if not differs:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    old = out.with_name(f"{out.name}.old-{stamp}")
+    n = 1
+    while old.exists():
+        old, n = out.with_name(f"{out.name}.old-{stamp}-{n}"), n + 1
+    old.mkdir()
+    # The mark first: whatever has moved by an interruption is already skipped by the report.
+    write_record(
+        old / SET_ASIDE_FILE,
+        {
+            "format": "xmr-set-aside/1",
+            "run_dir": str(out),
+            "when": stamp,
+            "differs": differs,
+            "config": _plain(cfg),
+        },
+    )
+    stay = {".hydra", *_open_log_files(out)}
+    moving = sorted(
+        (e for e in out.iterdir() if e.name not in stay), key=lambda e: e.name == CONFIG_FILE
+    )
+    for entry in moving:
+        os.replace(entry, old / entry.name)
+    shown = ", ".join(differs[:8]) + (f" and {len(differs) - 8} more" if len(differs) > 8 else "")
+    log.warning(
+        "%s: holds a run of another config (differs at %s); moved it aside to %s and starting "
+        "afresh (never resuming another config's checkpoint)",
+        out,
+        shown,
+        old,
+    )
+    return old
 
 
 def _plain(node: Any) -> Any:
@@ -123,7 +263,12 @@ def write_failure(
     }
     path = Path(out) / FAILED_FILE
     remove_if_exists(Path(out) / RESULTS_FILE)
-    write_record(path, record)
+    try:
+        write_record(path, record)
+    except OSError as err:  # a full disk, say: report it, never mask the job's own error
+        log.error(
+            "%s: could not be written (%s); the run failed with %s", path, err, record["error"]
+        )
     return path
 
 

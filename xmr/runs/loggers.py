@@ -15,6 +15,10 @@ epochs in ``csv/metrics.csv``.
 W&B mode (:func:`wandb_mode`): ``WANDB_MODE`` when set, else ``online`` when an API key is
 configured (``WANDB_API_KEY`` or a netrc entry for the W&B host), else ``offline`` — runs are
 then written under ``<run dir>/wandb/offline-run-*`` and uploaded later with ``wandb sync <dir>``.
+An online run first checks that the W&B host (or the HTTPS proxy) accepts a TCP connection within
+``connect_timeout`` seconds (:func:`wandb_unreachable`); when it does not (no network), the run
+logs offline instead, with a WARNING saying how to upload it later — rather than waiting about
+two minutes for ``wandb.init`` to time out and fail the job.
 
 The resolved config is logged with secrets removed (:func:`scrub_secrets`: any key naming a key,
 token, secret or password, and any ``WANDB_API_KEY``-like value, is replaced by ``"***"``). The
@@ -27,10 +31,13 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import logging
 import math
 import netrc
 import os
+import socket
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +54,8 @@ from xmr.runs.naming import method_name
 from xmr.utils.instantiate import buildable, instantiate
 from xmr.utils.io import atomic_write_text
 from xmr.utils.secrets import scrub_secrets
+
+log = logging.getLogger(__name__)
 
 #: Overrides that do not define a setting (seed varies inside a group; the others manage runs).
 GROUP_EXCLUDED_KEYS = ("seed", "resume", "threads", "trainer.enable_progress_bar", "hydra.verbose")
@@ -79,6 +88,40 @@ def wandb_mode(mode: str | None = None) -> str:
     return "online" if wandb_api_key_configured() else "offline"
 
 
+def _wandb_endpoint() -> tuple[str, int]:
+    """Host and port a W&B upload connects to first: the HTTPS proxy when one is set, else the
+    W&B host (``WANDB_BASE_URL``, default ``https://api.wandb.ai``)."""
+    base = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    if base.scheme == "http":
+        proxy = os.environ.get("HTTP_PROXY") or os.environ.get("http_proxy")
+    url = urlparse(proxy) if proxy else base
+    default_port = 80 if url.scheme == "http" else 443
+    return str(url.hostname or "api.wandb.ai"), int(url.port or default_port)
+
+
+def wandb_unreachable(timeout: float = 5.0) -> str | None:
+    """Why W&B cannot be reached (``"api.wandb.ai:443: [Errno -3] ..."``), or None when a TCP
+    connection to it (:func:`_wandb_endpoint`) opens within ``timeout`` seconds. The name lookup
+    counts in the timeout: the probe runs in a thread that is not waited for beyond it."""
+    host, port = _wandb_endpoint()
+    outcome: dict[str, Any] = {}
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                outcome["ok"] = True
+        except OSError as err:
+            outcome["error"] = err
+
+    thread = threading.Thread(target=probe, name="wandb-reachable", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if outcome.get("ok"):
+        return None
+    return f"{host}:{port}: {outcome.get('error') or f'no connection within {timeout:g} s'}"
+
+
 @buildable
 def make_wandb_logger(
     *,
@@ -91,15 +134,29 @@ def make_wandb_logger(
     entity: str | None = None,
     tags: Sequence[str] = (),
     log_model: bool = False,
+    connect_timeout: float = 5.0,
     **kwargs: Any,
 ) -> Logger:
-    """Lightning's ``WandbLogger`` with the mode chosen by :func:`wandb_mode`.
+    """Lightning's ``WandbLogger`` with the mode chosen by :func:`wandb_mode`; an online mode
+    whose host does not answer within ``connect_timeout`` seconds (:func:`wandb_unreachable`)
+    falls back to offline, with a WARNING naming ``wandb sync`` for uploading the run later.
 
     The W&B run is created lazily (first use of ``logger.experiment``, on global rank 0 only).
     """
     from lightning.pytorch.loggers import WandbLogger
 
     resolved = wandb_mode(mode)
+    if resolved == "online":
+        why = wandb_unreachable(connect_timeout)
+        if why is not None:
+            log.warning(
+                "W&B is unreachable (%s): logging this run offline under %s instead; upload it "
+                "later with `wandb sync %s`",
+                why,
+                Path(save_dir) / "wandb",
+                Path(save_dir) / "wandb" / "offline-run-*",
+            )
+            resolved = "offline"
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     return WandbLogger(
         project=project,

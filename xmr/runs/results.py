@@ -67,6 +67,9 @@ from xmr.utils.secrets import scrub_secrets
 log = logging.getLogger(__name__)
 
 RESULTS_FORMAT = "xmr-results/1"
+#: Marks a run directory moved aside because a run of another config started in its place
+#: (:func:`xmr.runs.lifecycle.set_aside_changed_run`); ``xmr report`` skips such directories.
+SET_ASIDE_FILE = "set_aside.json"
 
 
 def write_predictions(out: Path, predictions: dict[str, dict[str, np.ndarray]]) -> dict[str, str]:
@@ -170,7 +173,9 @@ def results_record(
 
 
 #: Config keys that do not change what a run computes: a rerun with other values still counts as
-#: the same job (paths move with the checkout; threads / progress bars / resume are run-time only).
+#: the same job (paths move with the checkout; threads / progress bars / resume are run-time only;
+#: loggers record a run and, like the keys above but seed, are left out of its directory's name,
+#: so a rerun adding ``logger=wandb`` lands in the same directory and must not count as another job).
 RERUN_NEUTRAL_KEYS = (
     "paths",
     "hydra",
@@ -178,6 +183,7 @@ RERUN_NEUTRAL_KEYS = (
     "threads",
     "skip_finished",
     "trainer.enable_progress_bar",
+    "logger",
 )
 
 
@@ -198,6 +204,16 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
         for k, v in flat.items()
         if not any(k == n or k.startswith(n + ".") for n in RERUN_NEUTRAL_KEYS)
     }
+
+
+def config_differences(saved: Any, cfg: DictConfig) -> list[str]:
+    """The dotted keys at which ``saved`` (a run's recorded config: resolved, secrets scrubbed,
+    as ``config.yaml`` and ``results.json`` hold it) differs from ``cfg``, up to
+    :data:`RERUN_NEUTRAL_KEYS`; ``[]`` means the same job. Raises when ``cfg`` does not resolve."""
+    plain = scrub_secrets(OmegaConf.to_container(cfg, resolve=True))  # recorded scrubbed, too
+    current = _comparable(plain)  # type: ignore[arg-type]
+    old = _comparable(saved if isinstance(saved, dict) else {})
+    return sorted(k for k in old.keys() | current.keys() if old.get(k) != current.get(k))
 
 
 def finished_results(out: str | Path, cfg: DictConfig) -> dict[str, Any] | None:
@@ -230,15 +246,11 @@ def finished_results(out: str | Path, cfg: DictConfig) -> dict[str, Any] | None:
         log.warning("%s: predictions file(s) %s missing; running the job again", path, missing)
         return None
     try:
-        plain = OmegaConf.to_container(cfg, resolve=True)
-        plain = scrub_secrets(plain)  # results.json holds it scrubbed: compare like with like
-        current = _comparable(plain)  # type: ignore[arg-type]
+        differ = config_differences(results.get("config") or {}, cfg)
     except Exception as err:  # an unresolvable interpolation: cannot prove it is the same job
         log.warning("%s: config does not resolve (%s); running the job again", path, err)
         return None
-    saved = _comparable(results.get("config") or {})
-    if saved != current:
-        differ = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    if differ:
         log.warning(
             "%s: written for another config (differs at %s); running the job again",
             path,

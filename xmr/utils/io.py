@@ -18,10 +18,15 @@
   run calls it where it writes (run directories, work directories, the parent of a published
   directory). Temporaries of names without an owner (written before owners were recorded) are
   left alone: nothing tells whether their writer still runs.
+- A write that fails because the file system is full raises :class:`NoSpaceLeftError`, whose
+  message names the file: ``no space left on device at <path>`` (:func:`no_space_reported`; the
+  original error, e.g. torch's ``[enforce fail at inline_container.cc:672] . unexpected pos``,
+  stays chained under it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -31,7 +36,7 @@ import re
 import shutil
 import socket
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,12 +44,15 @@ import numpy as np
 
 __all__ = [
     "WORK_STATE",
+    "NoSpaceLeftError",
     "WorkDirMismatch",
     "atomic_write",
     "atomic_write_json",
     "atomic_write_text",
     "clean_stale_temps",
     "owner_tag",
+    "is_no_space",
+    "no_space_reported",
     "publish_dir",
     "remove_if_exists",
     "resume_work_dir",
@@ -127,6 +135,72 @@ def clean_stale_temps(directory: str | Path, *, recursive: bool = False) -> list
     return removed
 
 
+# ------------------------------------------------------------------------------------- full disk
+#: Errors torch raises when a write stops short (``torch.save`` into a full file system): the
+#: ``OSError`` (ENOSPC) behind them may be only in the chained traceback, or nowhere.
+_SHORT_WRITE_MESSAGES = ("unexpected pos", "file write failed")
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """Whether ``exc`` is a full file system: an ``OSError`` with errno ENOSPC (or EDQUOT, a full
+    quota) anywhere in its chain (``__cause__`` / ``__context__``), or torch's short-write
+    ``RuntimeError`` (``unexpected pos``, ``file write failed``)."""
+    stack, seen = [exc], set()
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(e, RuntimeError) and any(m in str(e) for m in _SHORT_WRITE_MESSAGES):
+            return True
+        stack += [e.__cause__, e.__context__]
+    return False
+
+
+def _free_space(path: Path) -> str:
+    for where in (path.parent, *path.parents):
+        try:
+            free = shutil.disk_usage(where).free
+        except OSError:
+            continue
+        for unit in ("B", "KiB", "MiB", "GiB"):
+            if free < 1024 or unit == "GiB":
+                return f"{free:.0f} {unit}" if unit == "B" else f"{free:.1f} {unit}"
+            free /= 1024
+    return "unknown"
+
+
+class NoSpaceLeftError(OSError):
+    """Writing ``path`` failed because its file system is full (errno ENOSPC); the message is
+    ``no space left on device at <path> (<free space now>; <the original error>)``."""
+
+    def __init__(self, path: str | Path, cause: BaseException | None = None) -> None:
+        self.path = Path(path)
+        detail = f"{_free_space(self.path)} free there now"
+        if cause is not None:
+            detail += f"; {type(cause).__name__}: {str(cause).strip()[:300]}"
+        super().__init__(errno.ENOSPC, f"no space left on device at {self.path} ({detail})")
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+@contextlib.contextmanager
+def no_space_reported(path: str | Path) -> Iterator[None]:
+    """Turn an error of a full file system (:func:`is_no_space`) raised inside the block into a
+    :class:`NoSpaceLeftError` naming ``path``, chained from the original; others pass as they are."""
+    try:
+        yield
+    except NoSpaceLeftError:
+        raise
+    except Exception as exc:
+        if is_no_space(exc):
+            raise NoSpaceLeftError(path, exc) from exc
+        raise
+
+
 # ------------------------------------------------------------------------------------- files
 def _temp_sibling(path: Path) -> Path:
     """Create an empty, uniquely named hidden sibling of ``path``, named with its owner
@@ -143,18 +217,22 @@ def _temp_sibling(path: Path) -> Path:
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary sibling of ``path``, fsync it, then rename it into place."""
+    """Call ``write(tmp)`` on a temporary sibling of ``path``, fsync it, then rename it into place.
+
+    A full file system raises :class:`NoSpaceLeftError` naming ``path`` (the temporary file is
+    removed, which gives back the space it took)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(path)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with no_space_reported(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temp_sibling(path)
+        try:
+            write(tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return path
 
 
