@@ -62,7 +62,11 @@ if report.synthetic:
 print(full_gallery_markdown(report.rows, report.ks, report.full_construction))
 print(to_markdown(report.rows, report.ks, report.recall, report.list_construction))
 print("\n".join(report.probe_lines + report.probe_warnings))
-print(significance_markdown(report.significance, n_resamples=report.n_resamples, seed=report.seed))
+print(
+    significance_markdown(
+        report.significance, n_resamples=report.n_resamples, seed=report.seed, test=report.test
+    )
+)
 print("\n".join(report.gain_warnings))
 for job in report.unfinished:
     print(f"{job['status']}: {job['_dir']}")

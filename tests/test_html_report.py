@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,8 @@ from PIL import Image
 
 from xmr.data.store import FeatureStore, write_store
 from xmr.report.cli import build_report, main
-from xmr.report.html import StoreView, render_html
+from xmr.report.collect import run_predictions
+from xmr.report.html import StoreView, gallery_sections, render_html
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CHROMIUM = shutil.which("chromium") or (
@@ -144,7 +147,8 @@ def test_thumbnails_from_the_shared_real_photos(tmp_path: Path) -> None:
         assert max(thumb.size) <= 160 and thumb.size[0] / thumb.size[1] == pytest.approx(
             original.size[0] / original.size[1], rel=0.05
         )
-    assert "<img" in view.image_html(3) and names[3] in view.image_html(3)
+    item = view.item(3, "image")
+    assert item["thumb"] == uri and item["name"] == names[3] and item["text"] == "caption 3"
     assert StoreView(str(tmp_path / "store"), None).thumbnail(3) is None
 
 
@@ -162,3 +166,103 @@ def test_page_leads_with_the_full_gallery_and_shows_probe_and_warnings(probe_swe
     assert "leakage probe flags the t2i test lists" in warnings[0]
     assert all("listnet" in w for w in warnings[1:])
     assert "<th>p (Holm)</th>" in page and "full gallery" in page[sig:]
+
+
+# ------------------------------------------------- the gallery's grid, escaping, the template
+
+
+@pytest.mark.slow  # uses the tiny sweep
+def test_gallery_is_a_grid_with_scores_and_the_true_item(tmp_path_factory, photos: Path) -> None:
+    root = tiny_sweep_root(tmp_path_factory.getbasetemp())
+    report = build_report(root / "runs", n_resamples=100)
+    sections = gallery_sections(report, photos, n=8, seed=0)
+    assert [s["direction"] for s in sections] == ["i2t", "t2i"]
+    outside = 0
+    for sec in sections:
+        run = next(r for r in report.rows[sec["ranker"]]["runs"] if r["seed"] == sec["seed"])
+        pred = run_predictions(run, sec["direction"])
+        assert len(sec["queries"]) == 8
+        for q in sec["queries"]:
+            cosine, ranker = q["methods"]
+            assert cosine["label"] == "CLIP cosine" and ranker["label"] == sec["ranker"]
+            row = int(np.flatnonzero(pred["query"] == q["item"]["id"])[0])
+            assert [c["score"] for c in ranker["top"]] == [
+                f"{v:.3f}" for v in pred["scores"][row, :5]
+            ]
+            assert [c["rel"] for c in ranker["top"]] == [bool(v) for v in pred["labels"][row, :5]]
+            first = int(np.flatnonzero(pred["labels"][row])[0]) + 1  # hard lists hold it
+            assert ranker["true"]["rank"] == first and ranker["true"]["in_top"] == (first <= 5)
+            if first > 5:
+                outside += 1
+                assert ranker["true"]["score"] == f"{pred['scores'][row, first - 1]:.3f}"
+                assert ranker["true"]["item"]["id"] == int(pred["candidates"][row, first - 1])
+    assert outside  # some true item lies outside the top 5 here
+    page = render_html(report, images=photos, gallery=8)
+    for d in ("i2t", "t2i"):
+        table = page.split(f'id="gallery-{d}"', 1)[1].split("</table>", 1)[0]
+        groups = re.findall(r'<tbody class="query">(.*?)</tbody>', table, re.S)
+        assert len(groups) == 8
+        for group in groups:
+            assert group.count("<tr>") == 2 and group.count('class="sc"') >= 10  # 2 x top 5
+        assert "<th>true item</th>" in table and "#5</th>" in table
+    assert re.search(r"✓ rank \d+ of 11", page)  # a true item appended with its rank
+
+
+def _fake_store_run(root: Path, method: str, store: Path, labels: np.ndarray) -> None:
+    out = root / method.replace("<", "_").replace(">", "_")
+    out.mkdir(parents=True)
+    q = len(labels)
+    for d in ("t2i", "i2t"):
+        np.savez(
+            out / f"predictions_{d}.npz",
+            query=np.arange(q),
+            candidates=np.tile(np.arange(labels.shape[1]), (q, 1)),
+            scores=np.tile(np.linspace(1, 0, labels.shape[1], dtype=np.float32), (q, 1)),
+            labels=labels,
+        )
+    res = {
+        "method": method,
+        "seed": 0,
+        "store": {"path": str(store), "encoder": {"name": "test"}},
+        "predictions": {d: f"predictions_{d}.npz" for d in ("t2i", "i2t")},
+        "config": {"model": {"name": method}, "data": {}, "seed": 0},
+        **{f"test/{d}/recall@{k}": 0.5 for d in ("t2i", "i2t") for k in (1, 5, 10)},
+    }
+    (out / "results.json").write_text(json.dumps(res))
+
+
+def test_page_escapes_captions_and_names_and_shows_a_missed_true_item(tmp_path: Path) -> None:
+    hostile = '<script>alert("x")</script> & <b>bold</b>'
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(8, 4))
+    store = write_store(
+        tmp_path / "store",
+        image_emb=emb,
+        text_emb=emb,
+        text_image=np.arange(8),
+        image_split=np.array([0, 1] + [2] * 6, np.uint8),
+        images=[f"{i}.jpg" for i in range(8)],
+        captions=[f"{hostile} {i}" for i in range(8)],
+        encoder={"name": "test"},
+        joint_space=True,
+    )
+    labels = np.zeros((6, 6), np.uint8)
+    labels[:3, 0] = 1  # the last three lists miss their positive (a first-stage list)
+    _fake_store_run(tmp_path / "runs", "clip_cosine", store, labels)
+    _fake_store_run(tmp_path / "runs", "list<i>net</i>", store, labels)
+    page = render_html(build_report(tmp_path / "runs", n_resamples=10), gallery=6)
+    assert "<script>alert" not in page and "<b>bold" not in page and "<i>net" not in page
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; &lt;b&gt;bold" in page
+    assert "list&lt;i&gt;net&lt;/i&gt;" in page
+    assert page.count("<script>") == 1  # the page's own load script only
+    assert "not in the list (6 candidates)" in page  # the missed positive, named from the store
+
+
+def test_the_template_ships_with_the_package() -> None:
+    template = resources.files("xmr.report").joinpath("templates", "report.html.j2")
+    assert template.is_file()
+    project = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    package_data = project.split("[tool.setuptools.package-data]", 1)[1].split("\n[", 1)[0]
+    assert '"xmr.report" = ["templates/*.j2"]' in package_data
+    deps = project.split("dependencies = [", 1)[1].split("]", 1)[0]
+    assert '"jinja2>=3.1"' in deps and '"scipy>=' in deps

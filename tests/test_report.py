@@ -9,6 +9,7 @@ tests/test_sweeps.py.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import re
@@ -22,6 +23,7 @@ import pytest
 import yaml
 from _probe_sweep import PROBE
 from _sweep import LOSSES
+from scipy.stats import binomtest, permutation_test
 
 from xmr.metrics.ranking import ranked_recall_at_k, ranked_recall_curve
 from xmr.report.cli import build_report, main
@@ -29,11 +31,14 @@ from xmr.report.collect import assign_rows
 from xmr.report.construction import lists_dir_of, probe_of
 from xmr.report.significance import (
     ALPHA,
+    DEFAULT_TEST,
     adjust_holm,
+    compare_rows,
     family,
     first_stage_significance,
     holm,
     paired_bootstrap,
+    paired_permutation,
     significance,
 )
 from xmr.report.table import BASELINE, table
@@ -75,11 +80,14 @@ def test_csv_numbers_equal_independent_mean_and_std(tiny_sweep: Path, written: P
     with open(written / "table.csv", newline="") as fh:
         rows = {r["row"]: r for r in csv.DictReader(fh)}
     assert set(rows) == {"listnet", "ranknet", "clip_cosine"}
-    assert list(rows) == ["listnet", "ranknet", "clip_cosine"]  # Table 2 order, CLIP last
+    assert list(rows) == ["clip_cosine", "listnet", "ranknet"]  # the baseline first
     for method, cols in expected.items():
         for col, (mean, std) in cols.items():
             assert float(rows[method][f"{col}_mean"]) == pytest.approx(mean, abs=1e-3)
-            assert float(rows[method][f"{col}_std"]) == pytest.approx(std, abs=1e-3)
+            if method == "clip_cosine":  # one run: no sample std
+                assert rows[method][f"{col}_std"] == ""
+            else:
+                assert float(rows[method][f"{col}_std"]) == pytest.approx(std, abs=1e-3)
         assert rows[method]["synthetic"] == "true"
     assert rows["listnet"]["runs"] == "2" and rows["listnet"]["jobs"] == "3"
     assert rows["listnet"]["missing"] == "1" and rows["ranknet"]["failed"] == "1"
@@ -125,9 +133,11 @@ def test_latex_is_well_formed(tiny_sweep: Path, written: Path) -> None:
     assert len(body) == 3
     for line in body:
         assert line.endswith(r"\\") and line.count("&") == 2 + 6 - 1  # method, runs, 6 values
-    assert body[-1].startswith("CLIP cosine")
+    assert body[0].startswith(r"clip\_cosine & 1 & ")  # the baseline first, named as in table.md
+    cells = [c.strip() for c in body[0].removesuffix(r"\\").split("&")[2:]]
+    assert all(re.fullmatch(r"(\\textbf\{)?\d+\.\d\d --\}?", c) for c in cells), cells  # 1 run
     mean, std = _independent_stats(tiny_sweep, "recall")["listnet"]["i2t_R@1"]
-    assert f"${mean:.2f} \\pm {std:.2f}$" in body[0]
+    assert f"{mean:.2f} $\\pm$ {std:.2f}" in body[1] and body[1].startswith("listnet & ")
 
 
 @pytest.mark.slow  # trains the tiny sweep once per session (shared)
@@ -199,12 +209,15 @@ def test_runs_write_full_gallery_outcomes_and_the_report_tests_them(
 # ------------------------------------------------------------ significance on constructed data
 
 
-def _fake_run(root: Path, name: str, method: str, seed: int, labels: np.ndarray) -> dict:
-    """A run directory with a results.json and predictions files (same lists both directions)."""
+def _fake_run(
+    root: Path, name: str, method: str, seed: int, labels: np.ndarray, offset: int = 0
+) -> dict:
+    """A run directory with a results.json and predictions files (same lists both directions;
+    candidate ids start at ``offset``: another offset, other lists)."""
     out = root / name
     out.mkdir(parents=True)
     q = len(labels)
-    cands = np.tile(np.arange(labels.shape[1]), (q, 1))
+    cands = offset + np.tile(np.arange(labels.shape[1]), (q, 1))
     for d in ("t2i", "i2t"):
         np.savez(
             out / f"predictions_{d}.npz",
@@ -553,3 +566,133 @@ def test_csv_holds_both_protocols(probe_sweep: Path, tmp_path: Path) -> None:
         recs = list(csv.DictReader(fh))
     assert {r["protocol"] for r in recs} == {"full_gallery", "lists"}
     assert all(r["p_holm"] == "" for r in recs if r["row"] == "listnet" and r["seed"] != "pooled")
+
+
+# ------------------------------------------ the permutation test, --test, --compare A B
+
+
+def _exact_sign_flip_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided p of the paired sign-flip test by enumerating every sign pattern."""
+    d = a - b
+    observed = d.mean()
+    signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(d))))  # (2^Q, Q)
+    null = (signs * d).mean(1)
+    less = np.mean(null <= observed + 1e-12)
+    greater = np.mean(null >= observed - 1e-12)
+    return float(min(1.0, 2 * min(less, greater)))
+
+
+def test_permutation_test_is_the_exact_sign_flip_test_on_few_queries() -> None:
+    a = np.array([1, 0, 1, 1, 0, 0, 1, 0, 1, 1, 0, 1], float)
+    b = np.array([0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 0, 0], float)
+    res = paired_permutation(a, b, n_resamples=10_000, seed=0)  # 2^5 discordant patterns: exact
+    assert res["p"] == pytest.approx(_exact_sign_flip_p(a, b))
+    full = permutation_test(  # scipy on every pair (zeros included), exact as well
+        (a, b),
+        lambda x, y, axis: np.mean(x - y, axis=axis),
+        permutation_type="samples",
+        n_resamples=10_000,
+    )
+    assert res["p"] == pytest.approx(full.pvalue)
+    assert res["delta"] == pytest.approx((a - b).mean()) and res["queries"] == 12
+    assert paired_permutation(a, a)["p"] == 1.0  # identical systems
+    nan = np.r_[a, np.nan]
+    assert paired_permutation(nan, np.r_[b, 0.0], 10_000)["queries"] == 12  # NaN dropped
+
+
+def test_permutation_test_on_hits_is_the_sign_test_and_seeded() -> None:
+    rng = np.random.default_rng(7)
+    a = (rng.random(3000) < 0.50).astype(float)
+    b = (rng.random(3000) < 0.47).astype(float)
+    res = paired_permutation(a, b, n_resamples=20_000, seed=1)
+    # with 0/1 outcomes the sign-flip null is the exact binomial sign test on discordant queries
+    wins, losses = int(((a - b) > 0).sum()), int(((a - b) < 0).sum())
+    want = binomtest(wins, wins + losses, 0.5).pvalue
+    assert res["p"] == pytest.approx(want, abs=0.01)
+    assert res == paired_permutation(a, b, n_resamples=20_000, seed=1)  # seeded
+    boot = paired_bootstrap(a, b, n_resamples=20_000, seed=1)
+    assert (res["low"], res["high"]) == (boot["low"], boot["high"])  # the bootstrap's interval
+
+
+def test_report_test_option_default_and_bootstrap_unchanged(probe_sweep: Path) -> None:
+    boot = build_report(probe_sweep, n_resamples=1000, test="bootstrap")
+    perm = build_report(probe_sweep, n_resamples=1000)
+    assert perm.test == DEFAULT_TEST == "permutation" and boot.test == "bootstrap"
+    with np.load(probe_sweep / "ranknet_s0" / "predictions_full_t2i.npz") as z:
+        ranknet = (z["rank"] == 1).astype(float)
+    with np.load(probe_sweep / "clip_cosine" / "predictions_full_t2i.npz") as z:
+        cosine = (z["rank"] == 1).astype(float)
+    for report, test in ((boot, paired_bootstrap), (perm, paired_permutation)):
+        rec = next(
+            r
+            for r in report.significance
+            if (r["protocol"], r["row"], r["direction"]) == ("full_gallery", "ranknet", "t2i")
+        )
+        want = test(ranknet, cosine, n_resamples=1000, seed=0)
+        assert rec["p"] == want["p"] and rec["delta"] == pytest.approx(100 * want["delta"])
+        assert rec["base"] == BASELINE
+    with pytest.raises(ValueError, match="one of permutation, bootstrap"):
+        build_report(probe_sweep, test="t-test")
+
+
+def _hits(run_dir: Path, direction: str, full: bool) -> np.ndarray:
+    name = f"predictions_full_{direction}.npz" if full else f"predictions_{direction}.npz"
+    with np.load(run_dir / name) as z:
+        return (z["rank"] == 1).astype(float) if full else z["labels"][:, 0].astype(float)
+
+
+def test_compare_two_rows_in_both_protocols_seeds_averaged_per_query(
+    probe_sweep: Path, capsys
+) -> None:
+    main([str(probe_sweep), "--compare", "listnet", "ranknet", "--resamples", "1000"])
+    out = capsys.readouterr().out
+    assert "listnet vs ranknet" in out and "randomisation" in out
+    assert not (probe_sweep / "table.md").exists()  # --compare writes nothing
+    records = compare_rows(
+        table(build_report(probe_sweep, n_resamples=10).runs),
+        "listnet",
+        "ranknet",
+        n_resamples=1000,
+    )
+    shown = family(records)
+    assert len(shown) == 4 and all(r["base"] == "ranknet" for r in records)
+    assert [r["p_holm"] for r in shown] == pytest.approx(holm([r["p"] for r in shown]).tolist())
+    for full, title in ((True, "full gallery"), (False, "lists")):
+        for d in ("i2t", "t2i"):
+            listnet = np.mean([_hits(probe_sweep / f"listnet_s{s}", d, full) for s in (0, 1)], 0)
+            ranknet = _hits(probe_sweep / "ranknet_s0", d, full)
+            want = paired_permutation(listnet, ranknet, n_resamples=1000, seed=0)
+            rec = next(
+                r
+                for r in shown
+                if r["direction"] == d and r["protocol"] == ("full_gallery" if full else "lists")
+            )
+            assert rec["seed"] == "pooled" and rec["queries"] == 200
+            assert rec["delta"] == pytest.approx(100 * want["delta"]) and rec["p"] == want["p"]
+            assert f"| {title} | {d} | 2 | 200 | {rec['delta']:+.2f} |" in out
+    with pytest.raises(SystemExit, match="no row 'nope'; rows: 'clip_cosine', 'listnet'"):
+        main([str(probe_sweep), "--compare", "nope", "ranknet"])
+
+
+def test_compare_pairs_seeds_whose_lists_differ_by_seed(tmp_path: Path) -> None:
+    """Rows over per-seed stores (``xmr embed``) rank other lists per seed: seed s of A is paired
+    with seed s of B, and the pooled test averages each query over the seeds."""
+    rng = np.random.default_rng(3)
+    want_a, want_b = [], []
+    for seed in (0, 1):
+        a, b = _labels_top1(rng, 120, 0.8), _labels_top1(rng, 120, 0.4)
+        _fake_run(tmp_path, f"a{seed}", "reranker_listnet@infonce", seed, a, offset=100 * seed)
+        _fake_run(tmp_path, f"b{seed}", "infonce", seed, b, offset=100 * seed)
+        want_a.append(a[:, 0].astype(float))
+        want_b.append(b[:, 0].astype(float))
+    _fake_run(tmp_path, "c0", "vsepp", 0, _labels_top1(rng, 120, 0.5), offset=7)  # other lists
+    rows = table(build_report(tmp_path, n_resamples=10).runs)
+    records = compare_rows(rows, "reranker_listnet@infonce", "infonce", n_resamples=500)
+    lists = {r["seed"]: r for r in records if r["protocol"] == "lists" and r["direction"] == "t2i"}
+    assert set(lists) == {0, 1, "pooled"}
+    for seed in (0, 1):
+        assert lists[seed]["delta"] == pytest.approx(100 * (want_a[seed] - want_b[seed]).mean())
+    pooled = paired_permutation(np.mean(want_a, 0), np.mean(want_b, 0), n_resamples=500)
+    assert lists["pooled"]["p"] == pooled["p"]
+    other = compare_rows(rows, "vsepp", "infonce", n_resamples=100)
+    assert {r["note"] for r in other} == {"different test lists than infonce: not compared"}

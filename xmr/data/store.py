@@ -49,6 +49,7 @@ __all__ = [
     "FeatureStore",
     "StoreError",
     "first_stage_of",
+    "read_manifest",
     "sanitize_caption",
     "write_store",
 ]
@@ -238,6 +239,16 @@ EMBEDDED_KIND = "xmr-embed"
 COSINE = "cosine"
 
 
+def read_manifest(store: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A store's ``manifest.json`` read leniently (not validated: see :meth:`FeatureStore.open`),
+    or None when it is missing or unreadable (a report on runs whose store is elsewhere)."""
+    try:
+        manifest = json.loads((Path(store) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
 def first_stage_of(store: str | os.PathLike[str] | Mapping[str, Any] | None) -> str:
     """The name of the first stage a store's cosine is: :data:`COSINE` for an encoder's store,
     the pairwise model's name (``infonce``, ``vsepp``, ...) for a store written by ``xmr embed``.
@@ -249,11 +260,8 @@ def first_stage_of(store: str | os.PathLike[str] | Mapping[str, Any] | None) -> 
     if isinstance(store, Mapping):
         encoder: Any = store
     else:
-        try:
-            manifest = json.loads((Path(store) / MANIFEST).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            return COSINE
-        encoder = manifest.get("encoder") if isinstance(manifest, dict) else None
+        manifest = read_manifest(store)
+        encoder = manifest.get("encoder") if manifest is not None else None
     if not isinstance(encoder, Mapping) or encoder.get("kind") != EMBEDDED_KIND:
         return COSINE
     if encoder.get("method"):

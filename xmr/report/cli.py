@@ -4,15 +4,20 @@
     xmr report logs/sweeps/loss_seeds/synthetic_paper --out reports/paper --images DIR
 
 The tables (:mod:`xmr.report.table`), the full-gallery protocol first (it cannot be gamed by
-how lists are built), then the list protocol (the paper's Table 2): rows are methods, columns
+how lists are built), then the list protocol (the paper's Table 2): rows are methods (CLIP
+cosine first; the same names in every file; ``—`` for the std of a one-run row; the best value
+of each column bold in LaTeX and HTML), columns
 text retrieval (i→t) and image retrieval (t→i) R@1/5/10 as mean ± sample std over the runs
 (seeds) of a row, in percent; ``--recall found`` asks for the paper's found/total instead of
 hit@K inside the lists, and the caption says which. Each caption states the table's
 construction (:mod:`xmr.report.construction`); the list-protocol table is followed by the
-leakage probe of its lists. Significance (:mod:`xmr.report.significance`): a paired bootstrap
-over test queries against the CLIP-cosine baseline in both protocols and, in the full gallery,
-of every re-ranking row against its own first stage (seeds averaged per query), Holm-adjusted
-across the table, and a WARNING for every in-list gain the full gallery does not match. Jobs that failed
+leakage probe of its lists. Significance (:mod:`xmr.report.significance`): a paired test over
+test queries (``--test permutation``, the default: the sign-flip randomisation test; or
+``--test bootstrap``) against the CLIP-cosine baseline in both protocols and, in the full
+gallery, of every re-ranking row against its own first stage (seeds averaged per query),
+Holm-adjusted across the table, and a WARNING for every in-list gain the full gallery does not
+match. ``--compare A B`` prints the paired test of row A against row B in both protocols (seeds
+averaged per query) and writes nothing. Jobs that failed
 or never finished (:mod:`xmr.report.collect`) are listed in a section of their own and counted
 in the ``runs`` column (``4 of 5``). WARNING lines are also written to stderr.
 
@@ -28,16 +33,26 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from xmr.report.collect import collect, collect_unfinished
 from xmr.report.construction import full_construction, list_construction, probe_lines, probes
-from xmr.report.curves import CURVE_MAX_K, histories, recall_curves
+from xmr.report.curves import CURVE_MAX_K, baseline_reference, histories, recall_curves
 from xmr.report.html import write_html
 from xmr.report.plots import plot_recall_curves, plot_validation_curves
-from xmr.report.render import report_latex, report_markdown, significance_csv, to_csv
+from xmr.report.render import (
+    comparison_markdown,
+    report_latex,
+    report_markdown,
+    significance_csv,
+    to_csv,
+)
 from xmr.report.significance import (
+    DEFAULT_TEST,
     N_RESAMPLES,
+    TESTS,
     adjust_holm,
+    compare_rows,
     first_stage_significance,
     full_gallery_significance,
     gain_warnings,
@@ -47,14 +62,10 @@ from xmr.report.table import Report, full_gallery_deltas, recall_definition, tab
 from xmr.utils.io import atomic_write_text
 
 
-def build_report(
-    root: str | Path,
-    recall: str = "hit",
-    ks: tuple[int, ...] = (1, 5, 10),
-    n_resamples: int = N_RESAMPLES,
-    seed: int = 0,
-) -> Report:
-    """Collect the runs below ``root`` and derive the table, significance, curves, histories."""
+def load_rows(
+    root: str | Path, recall: str = "hit", ks: tuple[int, ...] = (1, 5, 10)
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """(finished runs, failed / missing jobs, table rows) of the sweep below ``root``."""
     recall_definition(recall)
     root = Path(root)
     if not root.is_dir():
@@ -63,11 +74,27 @@ def build_report(
     unfinished = collect_unfinished(root)
     if not runs and not unfinished:
         raise FileNotFoundError(f"{root}: no results.json (and no job directories) below it")
-    rows = table(runs, ks, recall, unfinished)
+    return runs, unfinished, table(runs, ks, recall, unfinished)
+
+
+def build_report(
+    root: str | Path,
+    recall: str = "hit",
+    ks: tuple[int, ...] = (1, 5, 10),
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+    test: str = DEFAULT_TEST,
+) -> Report:
+    """Collect the runs below ``root`` and derive the table, significance (the paired ``test``),
+    curves, histories."""
+    if test not in TESTS:
+        raise ValueError(f"test={test!r}: one of {', '.join(TESTS)}")
+    root = Path(root)
+    runs, unfinished, rows = load_rows(root, recall, ks)
     records = adjust_holm(
-        full_gallery_significance(rows, 1, n_resamples, seed)
-        + first_stage_significance(rows, 1, n_resamples, seed)
-        + significance(rows, 1, recall, n_resamples, seed)
+        full_gallery_significance(rows, 1, n_resamples, seed, test)
+        + first_stage_significance(rows, 1, n_resamples, seed, test)
+        + significance(rows, 1, recall, n_resamples, seed, test)
     )
     lines, probe_warnings = probe_lines(probes(rows))
     return Report(
@@ -85,8 +112,10 @@ def build_report(
         gain_warnings=gain_warnings(records, full_gallery_deltas(rows)),
         curves=recall_curves(rows, CURVE_MAX_K, recall),
         histories=histories(rows),
+        val_reference=baseline_reference(rows),
         n_resamples=n_resamples,
         seed=seed,
+        test=test,
     )
 
 
@@ -114,11 +143,19 @@ def write_report(
     if plots:
         if report.curves:
             written["recall_at_k.png"] = plot_recall_curves(
-                report.curves, out / "recall_at_k.png", report.recall, report.synthetic
+                report.curves,
+                out / "recall_at_k.png",
+                report.recall,
+                report.synthetic,
+                order=list(report.rows),
             )
         if report.histories:
             written["validation_curves.png"] = plot_validation_curves(
-                report.histories, out / "validation_curves.png", report.synthetic
+                report.histories,
+                out / "validation_curves.png",
+                report.synthetic,
+                reference=report.val_reference,
+                order=list(report.rows),
             )
     if html:
         written["report.html"] = write_html(
@@ -138,17 +175,38 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--images", help="folder of the store's photos (images.txt names) for the HTML gallery"
     )
-    parser.add_argument("--resamples", type=int, default=N_RESAMPLES, help="bootstrap resamples")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument(
+        "--test",
+        choices=TESTS,
+        default=DEFAULT_TEST,
+        help="paired test over queries: sign-flip randomisation (permutation, default) or "
+        "bootstrap",
+    )
+    parser.add_argument(
+        "--resamples", type=int, default=N_RESAMPLES, help="random sign patterns / resamples"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the test's resampling")
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A", "B"),
+        help="print the paired test of row A against row B in both protocols; write nothing",
+    )
     parser.add_argument("--gallery", type=int, default=6, help="gallery queries per direction")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--no-html", action="store_true", help="skip report.html")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s][%(levelname)s] %(message)s")
+    test = {"n_resamples": args.resamples, "seed": args.seed, "test": args.test}
     try:
-        report = build_report(args.root, args.recall, n_resamples=args.resamples, seed=args.seed)
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"xmr report: {err}") from err
+        if args.compare:
+            _, _, rows = load_rows(args.root, args.recall)
+            records = compare_rows(rows, *args.compare, recall=args.recall, **test)
+            print(comparison_markdown(records, *args.compare, **test))
+            return
+        report = build_report(args.root, args.recall, **test)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        raise SystemExit(f"xmr report: {err.args[0] if err.args else err}") from err
     written = write_report(
         report,
         args.out or args.root,

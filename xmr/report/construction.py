@@ -1,9 +1,11 @@
 """What each of the report's tables measured on (its caption) and the leakage probe of the lists.
 
 - :func:`list_construction` — the list protocol: list strategy, pool, L (candidates per list),
-  positives per list, store and encoder, test queries per direction, SYNTHETIC, ListNet target;
+  positives per list, store and encoder with its split sizes, test queries per direction,
+  SYNTHETIC, ListNet target;
 - :func:`full_construction` — the full-gallery protocol: first stage, K, gallery and queries per
-  direction, positives per query, store and encoder, SYNTHETIC, ListNet target;
+  direction, positives per query, store and encoder with its split sizes, SYNTHETIC, ListNet
+  target;
 - :func:`probes` / :func:`probe_lines` — the leakage probe of the lists the list-protocol runs
   used (recorded in their ``lists.json`` under ``"probe"``, or computed for older lists), its
   lines and WARNING lines.
@@ -22,7 +24,14 @@ from typing import Any
 from xmr.data.datamodule import mining_tag
 from xmr.data.lists_probe import recorded_or_computed
 from xmr.data.mining import MINING_DEFAULTS, ListsError
-from xmr.data.store import COSINE, TABLE_ORDER, StoreError, first_stage_of
+from xmr.data.store import (
+    COSINE,
+    SPLITS,
+    TABLE_ORDER,
+    StoreError,
+    first_stage_of,
+    read_manifest,
+)
 from xmr.report.collect import run_predictions
 
 #: The split whose lists the report's list-protocol table measures.
@@ -68,8 +77,21 @@ def _values(values: list[Any]) -> str:
     return " or ".join(seen) if seen else "?"
 
 
+def _splits_text(manifest: dict[str, Any] | None) -> str:
+    """``images train/val/test 60/20/20, 500 captions`` from a store's manifest, or ``""``."""
+    splits = (manifest or {}).get("splits")
+    if not isinstance(splits, dict) or not all(k in splits for k in SPLITS):
+        return ""
+    sizes = "/".join(str(splits[k]) for k in SPLITS)
+    texts = manifest.get("num_texts") if manifest else None
+    return f"images {'/'.join(SPLITS)} {sizes}" + (f", {texts} captions" if texts else "")
+
+
 def _store_text(runs: list[dict[str, Any]]) -> str:
-    stores = []
+    """The runs' stores: name (path), encoder, split sizes (read from the store's manifest when
+    it is at hand); stores that differ only by name (one per seed, as ``xmr embed`` writes them)
+    are named together."""
+    groups: dict[tuple[str, str, str], list[str]] = {}
     for run in runs:
         store = run.get("store") or {}
         path = store.get("path")
@@ -77,18 +99,31 @@ def _store_text(runs: list[dict[str, Any]]) -> str:
         name = encoder.get("name")
         if first_stage_of(encoder) != COSINE:  # a trained pairwise model's store (xmr embed)
             name = f"{first_stage_of(encoder)} embeddings (xmr embed)"
+        sizes = _splits_text(read_manifest(path)) if path else ""
+        where = str(Path(str(path)).parent) if path else "?"
         label = f"{Path(str(path)).name} ({path})" if path else "?"
-        stores.append(f"store {label}, encoder {name or '?'}")
-    return _values(stores)
+        names = groups.setdefault((where, f"encoder {name or '?'}", sizes), [])
+        if label not in names:
+            names.append(label)
+    parts = []
+    for (where, encoder, sizes), labels in groups.items():
+        if len(labels) == 1:
+            head = f"store {labels[0]}"
+        else:
+            short = ", ".join(label.split(" (", 1)[0] for label in labels)
+            head = f"{len(labels)} stores {short} (in {where})"
+        parts.append(", ".join(p for p in (head, encoder, sizes) if p))
+    return " or ".join(parts) if parts else "?"
 
 
 def _listnet_target(rows: dict[str, dict[str, Any]], runs_of: Any) -> str:
-    """``ListNet target: X`` over the ListNet rows (``loss.target`` of their runs), or ``""``
-    without any."""
+    """``ListNet target: X`` over the rows trained with ListNet (``listnet`` in the row's method:
+    ``listnet``, ``reranker_listnet``, ``reranker_listnet@infonce``; ``loss.target`` of their
+    runs), or ``""`` without any."""
     targets = []
     for row in rows.values():
         for run in runs_of(row):
-            if str(row["method"]).startswith("listnet"):  # a ranker is named by its loss
+            if "listnet" in str(row["method"]):  # a ranker is named by its loss
                 targets.append((_config(run).get("loss") or {}).get("target"))
     return f"ListNet target: {_values(targets)}." if targets else ""
 

@@ -4,7 +4,13 @@
   computed from the runs' test predictions files (:func:`xmr.report.curves.recall_curves`).
 * :func:`plot_validation_curves` — validation values over epochs from each run's
   ``metrics.jsonl`` (:class:`xmr.callbacks.history.MetricsHistoryCallback`): ``val/rsum`` and
-  ``val/{dir}/recall@1``; a thin line per run (seed), a thick one for the mean over runs.
+  ``val/{dir}/recall@1``, and a panel of the training loss
+  (:func:`xmr.report.curves.train_loss_points`); a thin line per run (seed), a thick one for the
+  mean over runs; integer epochs; CLIP cosine's validation value as a dashed reference line
+  where its run recorded one (:func:`xmr.report.curves.baseline_reference`), else the figure
+  says there is none.
+
+Each row keeps one colour in both figures (``order``: the report's rows).
 """
 
 from __future__ import annotations
@@ -18,15 +24,20 @@ matplotlib.use("Agg")  # before pyplot: headless, also under CI and in tests
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from xmr.data.store import DIRECTION_TITLES, TABLE_ORDER  # noqa: E402
+from xmr.report.curves import TRAIN_LOSS, VAL_KEYS, train_loss_points  # noqa: E402
 from xmr.report.table import BASELINE  # noqa: E402
 from xmr.utils.io import atomic_write  # noqa: E402
 
 
-def _colours(names: list[str]) -> dict[str, Any]:
+def _colours(names: list[str], order: list[str] | None = None) -> dict[str, Any]:
+    """A colour per name, by its place in ``order`` (the report's rows) when given, so that a
+    row has the same colour in every figure."""
     cmap = plt.get_cmap("tab10")
-    return {name: cmap(i % 10) for i, name in enumerate(names)}
+    order = list(order or []) + [n for n in names if n not in (order or [])]
+    return {name: cmap(order.index(name) % 10) for name in names}
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -47,10 +58,11 @@ def plot_recall_curves(
     path: str | Path,
     recall: str = "hit",
     synthetic: bool = False,
+    order: list[str] | None = None,
 ) -> Path:
     """Recall@K (%) against K; ``curves``: row → direction → ``(K,)`` fractions for K = 1..."""
     names = list(curves)
-    colours = _colours(names)
+    colours = _colours(names, order)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, direction in zip(axes, TABLE_ORDER, strict=True):
         for name in names:
@@ -83,22 +95,60 @@ def plot_recall_curves(
     return _save(fig, Path(path))
 
 
+def _mean_line(per_run: list[dict[int, float]]) -> tuple[list[int], list[float]]:
+    """The epochs every run has, and the mean over the runs at each."""
+    common = sorted(set.intersection(*(set(p) for p in per_run)))
+    return common, [float(np.mean([p[e] for p in per_run])) for e in common]
+
+
 def plot_validation_curves(
     histories: dict[str, list[list[dict[str, Any]]]],
     path: str | Path,
     synthetic: bool = False,
-    keys: tuple[str, ...] = ("val/rsum", "val/i2t/recall@1", "val/t2i/recall@1"),
+    keys: tuple[str, ...] = VAL_KEYS,
+    reference: dict[str, float] | None = None,
+    order: list[str] | None = None,
 ) -> Path:
-    """Validation values over epochs; ``histories``: row → per run, its ``val`` records."""
+    """Write :func:`validation_figure` as a PNG; returns ``path``."""
+    return _save(validation_figure(histories, synthetic, keys, reference, order), Path(path))
+
+
+def validation_figure(
+    histories: dict[str, list[list[dict[str, Any]]]],
+    synthetic: bool = False,
+    keys: tuple[str, ...] = VAL_KEYS,
+    reference: dict[str, float] | None = None,
+    order: list[str] | None = None,
+) -> Any:
+    """Validation values over epochs, one panel per key, and the training loss in a last panel
+    (a matplotlib figure); ``histories``: row → per run, its records
+    (:func:`xmr.report.curves.histories`); ``reference``: key → CLIP cosine's value, drawn as a
+    dashed line."""
     names = list(histories)
-    colours = _colours(names)
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4.0))
-    for ax, key in zip(np.atleast_1d(axes), keys, strict=True):
-        scale = 1.0 if key.endswith("rsum") else 100.0
+    colours = _colours(names, order)
+    reference = reference or {}
+    panels = [*keys, TRAIN_LOSS]
+    cols = 2
+    fig, axes = plt.subplots(
+        (len(panels) + cols - 1) // cols, cols, figsize=(12, 4.2 * ((len(panels) + 1) // cols))
+    )
+    axes = np.atleast_1d(axes).ravel()
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    for ax, key in zip(axes, panels, strict=False):
+        scale = 1.0 if key.endswith(("rsum", "loss")) else 100.0
+        drawn = False
         for name in names:
             per_run = []
             for records in histories[name]:
-                points = sorted((r["epoch"], r[key]) for r in records if key in r)
+                if key == TRAIN_LOSS:
+                    points = train_loss_points(records)
+                else:
+                    points = sorted(
+                        (int(r["epoch"]), float(r[key]))
+                        for r in records
+                        if r.get("stage") == "val" and key in r
+                    )
                 if not points:
                     continue
                 epochs, values = zip(*points, strict=True)
@@ -113,12 +163,41 @@ def plot_validation_curves(
                     markersize=2,
                 )
             if per_run:
-                common = sorted(set.intersection(*(set(p) for p in per_run)))
-                mean = [scale * np.mean([p[e] for p in per_run]) for e in common]
-                ax.plot(common, mean, color=colours[name], linewidth=2.0, marker="o", label=name)
-        ax.set_title(key + (" (sum of R@1/5/10, %)" if key.endswith("rsum") else " (%)"))
+                common, mean = _mean_line(per_run)
+                ax.plot(
+                    common,
+                    scale * np.asarray(mean),
+                    color=colours[name],
+                    linewidth=2.0,
+                    marker="o",
+                    label=name,
+                )
+                drawn = True
+        if key in reference:
+            ax.axhline(
+                scale * reference[key],
+                color="black",
+                linestyle="--",
+                linewidth=1.4,
+                label=f"{BASELINE} (val)",
+            )
+        if key == TRAIN_LOSS:
+            ax.set_title(f"{key} (per epoch; each row's own loss)")
+            if not drawn:
+                ax.text(0.5, 0.5, "no train/loss recorded", ha="center", transform=ax.transAxes)
+        else:
+            ax.set_title(key + (" (sum of R@1/5/10, %)" if key.endswith("rsum") else " (%)"))
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
-    np.atleast_1d(axes)[0].legend(fontsize=8)
-    _suptitle(fig, "Validation curves (thin: one run; thick: mean over runs)", synthetic)
-    return _save(fig, Path(path))
+    axes[0].legend(fontsize=8)
+    missing = [k for k in keys if k not in reference]
+    note = (
+        f"\ndashed: {BASELINE}'s validation value"
+        + (f" (not recorded for {', '.join(missing)})" if missing else "")
+        if len(missing) < len(keys)
+        else f"\n{BASELINE}: no validation value recorded, no reference line"
+    )
+    _suptitle(fig, "Validation curves (thin: one run; thick: mean over runs)" + note, synthetic)
+    fig.tight_layout()
+    return fig

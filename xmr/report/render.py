@@ -5,6 +5,13 @@ protocol table first (it cannot be gamed), then the list-protocol table (Table 2
 leakage probe of its lists, each captioned with its construction; the significance of both
 protocols (Holm-adjusted) with the in-list-vs-full-gallery warnings; the failed / missing jobs.
 :func:`to_csv` is ``table.csv``: one line per row holding both protocols' values.
+
+Both tables are built once, format-free (:func:`list_table`, :func:`full_gallery_table`): the
+same rows in the same order (CLIP cosine first), the same row names, and the same
+:class:`Value` cells — mean ± sample std, ``—`` in place of the std when a row has one run, and
+the best value of each column (:func:`xmr.report.table.best_flags`: ties all best, CLIP cosine
+included) marked — which Markdown, LaTeX (``\\textbf``) and ``report.html`` (``<strong>``) only
+format.
 """
 
 from __future__ import annotations
@@ -14,28 +21,75 @@ import io
 import math
 import re
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from xmr.data.store import DIRECTION_TITLES, TABLE_ORDER
 from xmr.report.significance import (
     ALPHA,
+    DEFAULT_TEST,
     GAIN_RULE,
     N_RESAMPLES,
     PROTOCOL_TITLES,
+    describe_test,
     family,
     format_p,
 )
-from xmr.report.table import Report, full_gallery_rows, recall_definition
+from xmr.report.table import DECIMALS, Report, best_flags, full_gallery_rows, recall_definition
 
-#: Row labels of the methods in the LaTeX table.
-DISPLAY = {
-    "lambdarank": "LambdaRank",
-    "neural_ndcg": "NeuralNDCG",
-    "listnet": "ListNet",
-    "ranknet": "RankNet",
-    "clip_cosine": "CLIP cosine",
-}
+
+@dataclass(frozen=True)
+class Value:
+    """A value cell of a table: ``mean`` and sample ``std`` in percent (``std`` NaN: the row has
+    one run) and whether it is the best of its column."""
+
+    mean: float
+    std: float
+    best: bool = False
+
+
+#: A table cell: text, a value, or None (no value: ``—``).
+Cell = Union[str, Value, None]  # noqa: UP007 (a runtime alias; ``X | Y`` of a str fails on 3.10)
+
+#: What a table says of its bold cells and of ``—`` in place of the std.
+VALUE_NOTE = (
+    "— in place of ± std: the row has one run. Bold (LaTeX, HTML): the best mean of each column "
+    "at the shown precision, ties all bold, CLIP cosine included."
+)
+
+
+def value_text(cell: Cell) -> str:
+    """A cell as text: ``50.00 ± 3.54``; ``50.00 —`` for one run; ``—`` for no value."""
+    if cell is None:
+        return "—"
+    if isinstance(cell, str):
+        return cell
+    mean = f"{cell.mean:.{DECIMALS}f}"
+    return f"{mean} —" if not math.isfinite(cell.std) else f"{mean} ± {cell.std:.{DECIMALS}f}"
+
+
+def _values(cells: list[list[Cell]], best_of: list[bool] | None = None) -> list[list[Cell]]:
+    """``cells`` with each column's :class:`Value` cells marked best (:func:`best_flags`) among
+    the rows where ``best_of`` is True (default: every row)."""
+    best_of = best_of or [True] * len(cells)
+    out = [list(row) for row in cells]
+    width = max((len(row) for row in cells), default=0)
+    for j in range(width):
+        column = [
+            (c.mean, c.std) if ok and isinstance(c := row[j], Value) else None
+            for row, ok in zip(cells, best_of, strict=True)
+        ]
+        if not any(isinstance(row[j], Value) for row in cells):
+            continue
+        for row, flag in zip(out, best_flags(column), strict=True):
+            if flag and isinstance(row[j], Value):
+                row[j] = Value(row[j].mean, row[j].std, best=True)
+    return out
+
+
+def _value(ms: tuple[float, float] | None) -> Value | None:
+    return Value(ms[0], ms[1]) if ms else None
 
 
 def direction_heading(direction: str) -> str:
@@ -51,13 +105,13 @@ def column_heading(direction: str) -> str:
 
 
 def table_caption(rows: dict[str, dict[str, Any]], recall: str) -> str:
-    """Table 2's caption: SYNTHETIC, what the values are, the recall definition."""
+    """Table 2's caption: SYNTHETIC, the protocol, what the values are, the recall definition."""
     synthetic = any(r["synthetic"] for r in rows.values())
     return (
         ("SYNTHETIC data (a generated store, not real images or captions). " if synthetic else "")
-        + "Recall@K (%), mean ± sample std over runs (seeds), inside the candidate lists; "
-        + f"recall = {recall_definition(recall)}. runs = finished runs (of all jobs, when "
-        + "some failed or are missing)."
+        + "List protocol: Recall@K (%), mean ± sample std over runs (seeds), inside the candidate "
+        + f"lists; recall = {recall_definition(recall)}. runs = finished runs (of all jobs, when "
+        + f"some failed or are missing). {VALUE_NOTE}"
     )
 
 
@@ -70,6 +124,41 @@ def _with(caption: str, construction: str) -> str:
     return f"{caption} {construction}" if construction else caption
 
 
+#: Under the list-protocol table.
+DIRECTIONS_NOTE = (
+    "i2t = text retrieval (image query → captions); t2i = image retrieval (caption query → images)."
+)
+
+
+def list_table(
+    rows: dict[str, dict[str, Any]],
+    ks: tuple[int, ...] = (1, 5, 10),
+    recall: str = "hit",
+    construction: str = "",
+) -> dict[str, Any]:
+    """The list-protocol table (Table 2), format-free: ``{"caption", "head", "body", "note"}``
+    (``head``: the text columns; ``body``: per row of :func:`xmr.report.table.table`, its name,
+    runs cell and one :class:`Value` (or None) per direction and K, best ones marked)."""
+    body: list[list[Cell]] = [
+        [name, runs_cell(row), *(_value(row.get(f"{d}/R@{k}")) for d in TABLE_ORDER for k in ks)]
+        for name, row in rows.items()
+    ]
+    return {
+        "caption": _with(table_caption(rows, recall), construction),
+        "head": ["method", "runs"],
+        "body": _values(body),
+        "note": DIRECTIONS_NOTE,
+    }
+
+
+def _markdown(model: dict[str, Any], ks: tuple[int, ...]) -> str:
+    head = model["head"] + [f"{column_heading(d)} R@{k}" for d in TABLE_ORDER for k in ks]
+    lines = [model["caption"], "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(value_text(c) for c in cells) + " |" for cells in model["body"]]
+    lines += ["", model["note"]]
+    return "\n".join(lines) + "\n"
+
+
 def to_markdown(
     rows: dict[str, dict[str, Any]],
     ks: tuple[int, ...] = (1, 5, 10),
@@ -77,36 +166,25 @@ def to_markdown(
     construction: str = "",
 ) -> str:
     """Table 2 as Markdown: caption (with ``construction``), header, one line per row."""
-    head = ["method", "runs"] + [f"{column_heading(d)} R@{k}" for d in TABLE_ORDER for k in ks]
-    lines = [
-        _with(table_caption(rows, recall), construction),
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
-    for name, row in rows.items():
-        cells = [name, runs_cell(row)]
-        for d in TABLE_ORDER:
-            for k in ks:
-                mean_std = row.get(f"{d}/R@{k}")
-                cells.append(f"{mean_std[0]:.2f} ± {mean_std[1]:.2f}" if mean_std else "—")
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append(
-        "i2t = text retrieval (image query → captions); "
-        "t2i = image retrieval (caption query → images)."
-    )
-    return "\n".join(lines) + "\n"
+    return _markdown(list_table(rows, ks, recall, construction), ks)
+
+
+def _csv_pair(ms: tuple[float, float] | None) -> list[str]:
+    """``[mean, std]`` cells (4 decimals); the std empty for one run, both empty for none."""
+    if not ms:
+        return ["", ""]
+    return [f"{ms[0]:.4f}", f"{ms[1]:.4f}" if math.isfinite(ms[1]) else ""]
 
 
 def to_csv(
     rows: dict[str, dict[str, Any]], ks: tuple[int, ...] = (1, 5, 10), recall: str = "hit"
 ) -> str:
-    """One line per row holding both protocols: method, runs, jobs, failed, missing, seeds,
-    synthetic, recall, then the list protocol's ``{dir}_R@{k}_mean`` / ``_std`` (percent), then
-    the full-gallery protocol's ``full_runs``, ``full_first_stage``, ``full_top_k``,
-    ``full_{dir}_R@{k}_mean`` / ``_std`` and the first stage alone's
-    ``full_first_{dir}_R@{k}_mean`` / ``_std`` (empty when absent)."""
+    """One line per row (the tables' rows and order) holding both protocols: row, method, runs,
+    jobs, failed, missing, seeds, synthetic, recall, then the list protocol's
+    ``{dir}_R@{k}_mean`` / ``_std`` (percent; the std empty for one run), then the full-gallery
+    protocol's ``full_runs``, ``full_first_stage``, ``full_top_k``, ``full_{dir}_R@{k}_mean`` /
+    ``_std`` and the first stage alone's ``full_first_{dir}_R@{k}_mean`` / ``_std`` (empty when
+    absent)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     value_cols = [f"{d}_R@{k}_{s}" for d in TABLE_ORDER for k in ks for s in ("mean", "std")]
@@ -125,11 +203,7 @@ def to_csv(
     )
     fg = full_gallery_rows(rows, ks)
     for name, row in rows.items():
-        values = []
-        for d in TABLE_ORDER:
-            for k in ks:
-                ms = row.get(f"{d}/R@{k}")
-                values += [f"{ms[0]:.4f}", f"{ms[1]:.4f}"] if ms else ["", ""]
+        values = [c for d in TABLE_ORDER for k in ks for c in _csv_pair(row.get(f"{d}/R@{k}"))]
         full = fg.get(name, {})
         full_values = [
             full.get("n", ""),
@@ -139,8 +213,7 @@ def to_csv(
         for tag in ("", "first/"):
             for d in TABLE_ORDER:
                 for k in ks:
-                    ms = full.get(f"{d}/{tag}R@{k}")
-                    full_values += [f"{ms[0]:.4f}", f"{ms[1]:.4f}"] if ms else ["", ""]
+                    full_values += _csv_pair(full.get(f"{d}/{tag}R@{k}"))
         writer.writerow(
             [
                 name,
@@ -185,6 +258,43 @@ def _tex(text: str) -> str:
     return "".join(_TEX_ESCAPES.get(ch, ch) for ch in text)
 
 
+def _tex_cell(cell: Cell) -> str:
+    """A cell in LaTeX: :func:`value_text` escaped, ``\\textbf`` when it is a best value."""
+    text = _tex(value_text(cell))
+    return rf"\textbf{{{text}}}" if isinstance(cell, Value) and cell.best else text
+
+
+def _latex(model: dict[str, Any], ks: tuple[int, ...], label: str, notes: list[str]) -> str:
+    n = len(ks)
+    texts = len(model["head"])
+    align = {"runs": "r", "K": "r"}
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\caption{" + _tex(model["caption"]) + "}",
+        rf"\label{{{label}}}",
+        r"\begin{tabular}{"
+        + " ".join(align.get(h, "l") for h in model["head"])
+        + " "
+        + " ".join(["r" * n] * len(TABLE_ORDER))
+        + "}",
+        r"\toprule",
+        " & " * texts
+        + " & ".join(
+            rf"\multicolumn{{{n}}}{{c}}{{{_tex(direction_heading(d))}}}" for d in TABLE_ORDER
+        )
+        + r" \\",
+        " & ".join(_tex(h[0].upper() + h[1:]) for h in model["head"])
+        + " & "
+        + " & ".join(f"R@{k}" for _ in TABLE_ORDER for k in ks)
+        + r" \\",
+        r"\midrule",
+    ]
+    lines += [" & ".join(_tex_cell(c) for c in cells) + r" \\" for cells in model["body"]]
+    lines += [r"\bottomrule", r"\end{tabular}", *_tex_notes(notes), r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
 def to_latex(
     rows: dict[str, dict[str, Any]],
     ks: tuple[int, ...] = (1, 5, 10),
@@ -192,35 +302,10 @@ def to_latex(
     construction: str = "",
     notes: list[str] | None = None,
 ) -> str:
-    """Table 2 as a LaTeX ``table`` (booktabs), the caption stating recall, SYNTHETIC and the
-    ``construction``; ``notes`` (probe and WARNING lines) follow the tabular."""
-    n = len(ks)
-    lines = [
-        r"\begin{table}[t]",
-        r"\centering",
-        r"\caption{" + _tex(_with(table_caption(rows, recall), construction)) + "}",
-        r"\label{tab:xmr-table2}",
-        r"\begin{tabular}{l r " + " ".join(["r" * n] * len(TABLE_ORDER)) + "}",
-        r"\toprule",
-        " & & "
-        + " & ".join(
-            rf"\multicolumn{{{n}}}{{c}}{{{_tex(direction_heading(d))}}}" for d in TABLE_ORDER
-        )
-        + r" \\",
-        "Method & Runs & " + " & ".join(f"R@{k}" for _ in TABLE_ORDER for k in ks) + r" \\",
-        r"\midrule",
-    ]
-    for name, row in rows.items():
-        method = row["method"]
-        label = DISPLAY.get(method, method) + name[len(method) :]
-        cells = [_tex(label), _tex(runs_cell(row))]
-        for d in TABLE_ORDER:
-            for k in ks:
-                ms = row.get(f"{d}/R@{k}")
-                cells.append(f"${ms[0]:.2f} \\pm {ms[1]:.2f}$" if ms else "--")
-        lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", *_tex_notes(notes), r"\end{table}"]
-    return "\n".join(lines) + "\n"
+    """Table 2 as a LaTeX ``table`` (booktabs), label ``tab:xmr-table2``, the caption stating
+    recall, SYNTHETIC and the ``construction``; ``notes`` (probe and WARNING lines) follow the
+    tabular."""
+    return _latex(list_table(rows, ks, recall, construction), ks, "tab:xmr-table2", notes or [])
 
 
 def _tex_notes(notes: list[str] | None) -> list[str]:
@@ -232,15 +317,17 @@ def _tex_notes(notes: list[str] | None) -> list[str]:
 FULL_GALLERY_CAPTION = (
     "Full-gallery protocol: a first stage ranks the whole test gallery (t2i: all test "
     "images; i2t: all test captions), the method re-ranks the first stage's top K, Recall@K "
-    "(%, hit@K, mean ± sample std over runs) over that ranking; a query whose positives fall "
-    "outside the top K is a miss (positives are never inserted), so no list construction can "
-    "favour a method. Not comparable with the list-protocol table below, whose lists always "
-    "hold the positive."
+    "(%, mean ± sample std over runs) over that ranking; recall = "
+    + recall_definition("hit")
+    + "; a query whose positives fall outside the top K is a miss (positives are never "
+    "inserted), so no list construction can favour a method. Not comparable with the "
+    "list-protocol table below, whose lists always hold the positive. " + VALUE_NOTE
 )
 FULL_GALLERY_NOTE = (
     "first stage: cosine = the store's embeddings; self = the method's own space (pairwise "
     "baselines on a store without a joint space). Runs whose store offers no first stage "
-    "for the method are counted as skipped."
+    "for the method are counted as skipped. The 'first stage alone' rows are references, not "
+    "counted for the bold best values."
 )
 NO_FULL_GALLERY = "No run carries the full-gallery protocol (`protocol=full_gallery`)."
 
@@ -250,7 +337,8 @@ def full_gallery_table(
 ) -> dict[str, Any] | None:
     """The full-gallery protocol table, format-free: ``{"caption", "head", "body", "note"}``
     (``body``: cell lists, one per row of :func:`table` labelled with the first stage and K, then
-    the first stage alone, no re-ranking); None when no run carries the protocol."""
+    the first stage alone, no re-ranking; :class:`Value` cells, the best of each column among the
+    method rows marked); None when no run carries the protocol."""
     fg = full_gallery_rows(rows, ks)
     if not fg:
         return None
@@ -258,15 +346,10 @@ def full_gallery_table(
     caption = _with(("SYNTHETIC data. " if synthetic else "") + FULL_GALLERY_CAPTION, construction)
     head = ["method", "runs", "first stage", "K"]
 
-    def cells(row: dict[str, Any], tag: str) -> list[str]:
-        out = []
-        for d in TABLE_ORDER:
-            for k in ks:
-                ms = row.get(f"{d}/{tag}R@{k}")
-                out.append(f"{ms[0]:.2f} ± {ms[1]:.2f}" if ms else "—")
-        return out
+    def cells(row: dict[str, Any], tag: str) -> list[Cell]:
+        return [_value(row.get(f"{d}/{tag}R@{k}")) for d in TABLE_ORDER for k in ks]
 
-    body = []
+    body: list[list[Cell]] = []
     first_rows: dict[str, dict[str, Any]] = {}
     for name, row in fg.items():
         runs = str(row["n"]) + (f" ({row['skipped']} skipped)" if row["skipped"] else "")
@@ -276,6 +359,7 @@ def full_gallery_table(
         if row["n"]:
             store = str(((rows[name]["runs"] or [{}])[0].get("store") or {}).get("path"))
             first_rows.setdefault(f"{stage}\t{store}", row)
+    methods = len(body)
     stores = {key.split("\t")[1] for key in first_rows}
     for key, row in first_rows.items():
         stage, store = key.split("\t")
@@ -283,7 +367,13 @@ def full_gallery_table(
             where = f", {Path(store).name}" if len(stores) > 1 else ""
             label = f"first stage alone ({stage}{where}, no re-ranking)"
             body.append([label, str(row["n"]), stage, "—", *cells(row, "first/")])
-    return {"caption": caption, "head": head, "body": body, "note": FULL_GALLERY_NOTE}
+    best_of = [i < methods for i in range(len(body))]
+    return {
+        "caption": caption,
+        "head": head,
+        "body": _values(body, best_of),
+        "note": FULL_GALLERY_NOTE,
+    }
 
 
 def full_gallery_markdown(
@@ -291,13 +381,7 @@ def full_gallery_markdown(
 ) -> str:
     """The full-gallery protocol table (Markdown) of :func:`full_gallery_table`."""
     fg = full_gallery_table(rows, ks, construction)
-    if fg is None:
-        return NO_FULL_GALLERY + "\n"
-    head = fg["head"] + [f"{column_heading(d)} R@{k}" for d in TABLE_ORDER for k in ks]
-    lines = [fg["caption"], "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in fg["body"]]
-    lines += ["", fg["note"]]
-    return "\n".join(lines) + "\n"
+    return NO_FULL_GALLERY + "\n" if fg is None else _markdown(fg, ks)
 
 
 def full_gallery_latex(
@@ -306,44 +390,12 @@ def full_gallery_latex(
     """The full-gallery protocol table as a LaTeX ``table`` (booktabs), label
     ``tab:xmr-full-gallery``; empty when no run carries the protocol."""
     fg = full_gallery_table(rows, ks, construction)
-    if fg is None:
-        return ""
-    n = len(ks)
-    lines = [
-        r"\begin{table}[t]",
-        r"\centering",
-        r"\caption{" + _tex(fg["caption"]) + "}",
-        r"\label{tab:xmr-full-gallery}",
-        r"\begin{tabular}{l r l r " + " ".join(["r" * n] * len(TABLE_ORDER)) + "}",
-        r"\toprule",
-        " & & & & "
-        + " & ".join(
-            rf"\multicolumn{{{n}}}{{c}}{{{_tex(direction_heading(d))}}}" for d in TABLE_ORDER
-        )
-        + r" \\",
-        "Method & Runs & First stage & K & "
-        + " & ".join(f"R@{k}" for _ in TABLE_ORDER for k in ks)
-        + r" \\",
-        r"\midrule",
-    ]
-    for cells in fg["body"]:
-        name = cells[0]
-        method = rows[name]["method"] if name in rows else ""
-        label = DISPLAY.get(method, method) + name[len(method) :] if method else name
-        values = [
-            "$" + c.replace(" ± ", r" \pm ") + "$" if "±" in c else _tex(c) for c in cells[4:]
-        ]
-        lines.append(" & ".join([_tex(label), *(_tex(c) for c in cells[1:4]), *values]) + r" \\")
-    lines += [
-        r"\bottomrule",
-        r"\end{tabular}",
-        *_tex_notes([fg["note"]]),
-        r"\end{table}",
-    ]
-    return "\n".join(lines) + "\n"
+    return "" if fg is None else _latex(fg, ks, "tab:xmr-full-gallery", [fg["note"]])
 
 
-def significance_caption(k: int = 1, n_resamples: int = N_RESAMPLES, seed: int = 0) -> str:
+def significance_caption(
+    k: int = 1, n_resamples: int = N_RESAMPLES, seed: int = 0, test: str = DEFAULT_TEST
+) -> str:
     """The significance table's caption: the test, its resamples and seed, the correction."""
     return (
         f"Δ R@{k} vs CLIP cosine (percent points) on the same test queries, in both protocols "
@@ -351,11 +403,10 @@ def significance_caption(k: int = 1, n_resamples: int = N_RESAMPLES, seed: int =
         "and, for every row that re-ranks, vs its own first stage (full gallery, same run: the "
         "re-ranked order against the first stage's order it started from; "
         "`reranker_listnet@infonce` against the InfoNCE model of the same seed): "
-        f"paired bootstrap over queries, {n_resamples:,} resamples (seed {seed}); 95% percentile "
-        "interval; two-sided p, and Holm–Bonferroni's adjusted p over every (protocol, method, "
-        f"direction) test of the table (level {ALPHA}). 'pooled' averages each query's R@1 over "
-        "the seeds first; per-seed rows are in significance.csv. The test reflects query "
-        "sampling, not seed variance."
+        f"{describe_test(test, n_resamples, seed)}; two-sided p, and Holm–Bonferroni's "
+        "adjusted p over every (protocol, method, direction) test of the table (level "
+        f"{ALPHA}). 'pooled' averages each query's R@1 over the seeds first; per-seed rows are "
+        "in significance.csv. The test reflects query sampling, not seed variance."
     )
 
 
@@ -414,6 +465,42 @@ def significance_markdown(records: list[dict[str, Any]], k: int = 1, **caption: 
     return "\n".join(lines + (["", note] if note else [])) + "\n"
 
 
+def comparison_markdown(
+    records: list[dict[str, Any]],
+    name: str,
+    base_name: str,
+    k: int = 1,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+    test: str = DEFAULT_TEST,
+) -> str:
+    """``xmr report --compare A B``: the records of
+    :func:`xmr.report.significance.compare_rows`, one line per (protocol, direction)."""
+    lines = [
+        f"{name} vs {base_name}: Δ R@{k} = {name} − {base_name} (percent points) on the same "
+        "test queries, full gallery (hit@1 of the re-ranked gallery, predictions_full_*.npz) "
+        "and lists (R@1 inside the candidate lists, predictions_*.npz); per query, each row's "
+        f"values averaged over its seeds first; {describe_test(test, n_resamples, seed)}; "
+        "two-sided p, and Holm–Bonferroni's adjusted p over the tests below.",
+        "",
+        f"| protocol | direction | seeds | queries | Δ R@{k} | 95% interval | p | p (Holm) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for rec in significance_table(records):
+        protocol = PROTOCOL_TITLES.get(rec["protocol"], rec["protocol"])
+        if rec["note"]:
+            lines.append(f"| {protocol} | {rec['direction']} | — | — | — | — | {rec['note']} | — |")
+            continue
+        lines.append(
+            f"| {protocol} | {rec['direction']} | {rec['seeds']} | {rec['queries']} | "
+            f"{rec['delta']:+.2f} | [{rec['low']:+.2f}, {rec['high']:+.2f}] | "
+            f"{format_p(rec['p'])} | {format_p(rec['p_holm'])} |"
+        )
+    if not records:
+        lines.append("| — | — | — | — | — | — | no outcomes of both rows to pair | — |")
+    return "\n".join(lines) + "\n"
+
+
 def gain_markdown(warnings: list[str]) -> str:
     """The in-list-vs-full-gallery rule and its WARNING lines (or that none fired)."""
     lines = [
@@ -424,13 +511,15 @@ def gain_markdown(warnings: list[str]) -> str:
 
 
 def significance_csv(records: list[dict[str, Any]]) -> str:
-    """``significance.csv``: every record (per seed and pooled) of both protocols, one line each;
-    ``p_holm`` is set on the records the report shows (empty on the others)."""
+    """``significance.csv``: every record (per seed and pooled) of both protocols, one line each
+    (``base``: the row it is tested against, or ``first stage``); ``p_holm`` is set on the
+    records the report shows (empty on the others)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     cols = [
         "protocol",
         "row",
+        "base",
         "direction",
         "seed",
         "delta",
@@ -507,7 +596,10 @@ def report_markdown(report: Report) -> str:
             "## Significance vs CLIP cosine",
             "",
             significance_markdown(
-                report.significance, n_resamples=report.n_resamples, seed=report.seed
+                report.significance,
+                n_resamples=report.n_resamples,
+                seed=report.seed,
+                test=report.test,
             ),
             gain_markdown(report.gain_warnings),
             "## Failed / missing jobs",

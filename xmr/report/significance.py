@@ -1,24 +1,41 @@
 """Significance of each row against the CLIP-cosine baseline, on both protocols, with Holm's
-correction across the table.
+correction across the table; and of any row against any other (``xmr report --compare A B``).
 
-A **paired bootstrap over test queries** (seeded, 10,000 resamples) of the difference in
-per-query R@1 between a row and the CLIP-cosine baseline on the very same test queries, per seed
-and pooled (per-query R@1 averaged over the seeds first):
+The unit is the **test query**: per query, the difference in R@1 between a row and the CLIP-cosine
+baseline on the very same test queries, per seed and pooled (per-query R@1 averaged over the
+seeds first):
 
 - list protocol (:func:`significance`): hit@1 inside the same candidate lists (rows of the
-  ``predictions_{t2i,i2t}.npz`` files);
+  ``predictions_{t2i,i2t}.npz`` files, :func:`list_outcomes`);
 - full-gallery protocol (:func:`full_gallery_significance`): hit@1 of the re-ranked gallery
-  (``predictions_full_{t2i,i2t}.npz``, :func:`xmr.metrics.full_gallery.hits_at_k`).
+  (``predictions_full_{t2i,i2t}.npz``, :func:`full_outcomes`,
+  :func:`xmr.metrics.full_gallery.hits_at_k`).
 
-The two-sided p-value is ``min(1, 2 · min(P*(Δ ≤ 0), P*(Δ ≥ 0)))`` with P* the bootstrap
-distribution of the mean difference, counted with the +1 correction ``(#+1)/(B+1)``; 95%
-intervals are percentiles. It measures query-sampling uncertainty of the test set, not
-seed-to-seed variance (the ± std of the table).
+Two paired tests of the mean difference Δ (:data:`TESTS`, ``xmr report --test``):
+
+- ``permutation`` (the default, :func:`paired_permutation`): the paired sign-flip randomisation
+  test — under H0 the two systems are exchangeable on each query, so each query's difference
+  flips sign with probability 1/2 — through :func:`scipy.stats.permutation_test`
+  (``permutation_type="samples"``, two-sided, seeded; exact when the queries whose outcomes
+  differ admit at most ``n_resamples`` sign patterns). It is the default because it is the test
+  IR evaluation recommends for paired per-query differences (Smucker, Allan & Carterette, CIKM
+  2007: the randomisation, bootstrap and t tests largely agree, the bootstrap's p-values run
+  somewhat lower); it tests exactly H0 "the two systems are interchangeable on every query",
+  assumes nothing about the distribution of Δ, and is exact when few queries differ (on one
+  seed's 0/1 hit@1 outcomes its null is that of McNemar's exact test on the discordant queries). Its 95% interval is the bootstrap's (a test
+  has no interval of its own).
+- ``bootstrap`` (:func:`paired_bootstrap`, hand-written): resampling queries with replacement;
+  p is ``min(1, 2 · min(P*(Δ ≤ 0), P*(Δ ≥ 0)))`` with P* the bootstrap distribution of the mean
+  difference, counted with the +1 correction ``(#+1)/(B+1)``; 95% intervals are percentiles.
+
+Both measure query-sampling uncertainty of the test set, not seed-to-seed variance (the ± std of
+the table).
 
 **Multiple comparisons** (:func:`adjust_holm`): the family is every (protocol, row, direction)
 test shown in the report — the pooled record when a row has several seeds, else its one seed —
 and each gets Holm–Bonferroni's adjusted p (:func:`holm`); per-seed records outside the family
 keep ``p_holm`` NaN. :func:`gain_warnings` flags in-list gains the full gallery does not match.
+:func:`compare_rows` tests one row against another in both protocols (Holm over its four tests).
 """
 
 from __future__ import annotations
@@ -28,6 +45,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from scipy.stats import permutation_test
 
 from xmr.data.store import TABLE_ORDER
 from xmr.metrics.full_gallery import hits_at_k
@@ -36,6 +54,9 @@ from xmr.report.collect import run_full_outcomes, run_predictions
 from xmr.report.table import BASELINE
 
 N_RESAMPLES = 10_000
+#: The paired tests ``xmr report --test`` offers (module docstring); the first is the default.
+TESTS = ("permutation", "bootstrap")
+DEFAULT_TEST = TESTS[0]
 #: Level of the tests (on Holm-adjusted p-values).
 ALPHA = 0.05
 #: ``protocol`` of the records, in the report's order: the full gallery first. ``first_stage``:
@@ -119,6 +140,82 @@ def paired_bootstrap(
     }
 
 
+def _paired_finite(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    keep = np.isfinite(a) & np.isfinite(b)
+    return a[keep], b[keep]
+
+
+def paired_permutation(
+    a: np.ndarray, b: np.ndarray, n_resamples: int = N_RESAMPLES, seed: int = 0
+) -> dict[str, float]:
+    """Paired sign-flip randomisation test of ``mean(a - b)``; ``a``, ``b``: per-query values (Q,).
+
+    :func:`scipy.stats.permutation_test` over the pairs (``permutation_type="samples"``: each
+    pair's two values swap, i.e. its difference flips sign), two-sided, vectorised,
+    ``rng=numpy.random.default_rng(seed)``. Queries with a NaN in either are dropped. Only the
+    queries whose values differ enter the resampling (a zero difference flips to itself, so the
+    null distribution of the mean over all Q queries is the same; this also makes the test exact
+    whenever those queries admit at most ``n_resamples`` sign patterns). Returns ``delta``,
+    ``low``/``high`` (the paired bootstrap's 95% percentile interval, same seed), ``p`` and
+    ``queries``, as :func:`paired_bootstrap`."""
+    a, b = _paired_finite(a, b)
+    q = len(a)
+    res = paired_bootstrap(a, b, n_resamples, seed)
+    if q == 0:
+        return res
+    differ = a != b
+    if differ.sum() < 2:  # exactly: with 0 or 1 differing query every sign pattern is as
+        return {**res, "p": 1.0}  # extreme as the observed one in one tail (scipy needs two)
+
+    def mean_difference(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
+        return np.sum(x - y, axis=axis) / q  # the mean over all Q (the others add 0)
+
+    m = int(differ.sum())
+    test = permutation_test(
+        (a[differ], b[differ]),
+        mean_difference,
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=n_resamples,
+        batch=max(1, 2_000_000 // m),
+        alternative="two-sided",
+        rng=np.random.default_rng(seed),
+    )
+    return {**res, "p": float(min(1.0, test.pvalue))}
+
+
+def paired_test(
+    a: np.ndarray,
+    b: np.ndarray,
+    test: str = DEFAULT_TEST,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+) -> dict[str, float]:
+    """The paired test ``test`` (one of :data:`TESTS`) of ``mean(a - b)`` over queries."""
+    if test == "permutation":
+        return paired_permutation(a, b, n_resamples, seed)
+    if test == "bootstrap":
+        return paired_bootstrap(a, b, n_resamples, seed)
+    raise ValueError(f"test={test!r}: one of {', '.join(TESTS)}")
+
+
+def describe_test(test: str = DEFAULT_TEST, n_resamples: int = N_RESAMPLES, seed: int = 0) -> str:
+    """The words a caption uses for the paired test ``test``."""
+    if test == "permutation":
+        return (
+            f"paired sign-flip randomisation (permutation) test over queries, {n_resamples:,} "
+            f"random sign patterns (seed {seed}; exact when fewer exist); 95% interval: paired "
+            "bootstrap percentiles"
+        )
+    if test == "bootstrap":
+        return (
+            f"paired bootstrap over queries, {n_resamples:,} resamples (seed {seed}); 95% "
+            "percentile interval"
+        )
+    raise ValueError(f"test={test!r}: one of {', '.join(TESTS)}")
+
+
 #: (run, direction) → (arrays to align with the baseline's, per-query values (Q,)), or None.
 PerQuery = Callable[[dict[str, Any], str], tuple[dict[str, np.ndarray], np.ndarray] | None]
 #: (run's arrays, baseline's arrays) → row indices pairing the same queries, or None.
@@ -127,21 +224,10 @@ Align = Callable[
 ]
 
 
-def significance(
-    rows: dict[str, dict[str, Any]],
-    k: int = 1,
-    recall: str = "hit",
-    n_resamples: int = N_RESAMPLES,
-    seed: int = 0,
-) -> list[dict[str, Any]]:
-    """Each row against the CLIP-cosine row inside the candidate lists: paired bootstrap of
-    per-query R@k (see module doc).
-
-    Returns records ``{"protocol": "lists", "row", "direction", "seed" ("pooled" or a seed),
-    "delta", "low", "high" (percent points), "p", "p_holm" (NaN until :func:`adjust_holm`),
-    "queries", "note"}``; a record with a ``note`` and NaN values when a comparison is impossible
-    (no predictions, different test lists).
-    """
+def list_outcomes(k: int = 1, recall: str = "hit") -> PerQuery:
+    """Per query of a run's list protocol: R@k inside its candidate list
+    (``predictions_{dir}.npz``; a list that missed its positives counts 0), with the arrays
+    :func:`align_predictions` pairs."""
 
     def per_query(
         run: dict[str, Any], direction: str
@@ -152,27 +238,13 @@ def significance(
         total = pred.get("relevant_total")  # lists that may miss: a miss counts 0
         return pred, ranked_recall_at_k(pred["labels"], k, recall, relevant_total=total).numpy()
 
-    return _compare(
-        rows,
-        "lists",
-        per_query,
-        align_predictions,
-        "different test lists than the baseline: not compared",
-        n_resamples,
-        seed,
-    )
+    return per_query
 
 
-def full_gallery_significance(
-    rows: dict[str, dict[str, Any]],
-    k: int = 1,
-    n_resamples: int = N_RESAMPLES,
-    seed: int = 0,
-) -> list[dict[str, Any]]:
-    """Each row against the CLIP-cosine row in the full-gallery protocol: paired bootstrap of
-    per-query hit@k over the re-ranked gallery (``predictions_full_{dir}.npz``). Records as
-    :func:`significance` with ``"protocol": "full_gallery"``; rows whose runs wrote no per-query
-    outcomes get a record with a ``note``."""
+def full_outcomes(k: int = 1, stage: str = "rank") -> PerQuery:
+    """Per query of a run's full-gallery protocol: hit@k of the re-ranked gallery
+    (``stage="rank"``) or of the first stage's order (``"first_stage_rank"``), from
+    ``predictions_full_{dir}.npz``, with the arrays :func:`align_queries` pairs."""
 
     def per_query(
         run: dict[str, Any], direction: str
@@ -180,18 +252,42 @@ def full_gallery_significance(
         out = run_full_outcomes(run, direction)
         if out is None:
             return None
-        return out, hits_at_k(out["rank"], k)  # (Q,)
+        return out, hits_at_k(out[stage], k)  # (Q,)
 
-    return _compare(
-        rows,
-        "full_gallery",
-        per_query,
-        align_queries,
-        "different test queries than the baseline: not compared",
-        n_resamples,
-        seed,
-        missing_note="no per-query full-gallery outcomes (predictions_full_*.npz): not tested",
-    )
+    return per_query
+
+
+def significance(
+    rows: dict[str, dict[str, Any]],
+    k: int = 1,
+    recall: str = "hit",
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+    test: str = DEFAULT_TEST,
+) -> list[dict[str, Any]]:
+    """Each row against the CLIP-cosine row inside the candidate lists: the paired ``test`` of
+    per-query R@k (see module doc).
+
+    Returns records ``{"protocol": "lists", "row", "base" (the row compared with), "direction",
+    "seed" ("pooled" or a seed), "delta", "low", "high" (percent points), "p", "p_holm" (NaN
+    until :func:`adjust_holm`), "queries", "note"}``; a record with a ``note`` and NaN values
+    when a comparison is impossible (no predictions, different test lists).
+    """
+    return _against_baseline(rows, "lists", list_outcomes(k, recall), n_resamples, seed, test)
+
+
+def full_gallery_significance(
+    rows: dict[str, dict[str, Any]],
+    k: int = 1,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+    test: str = DEFAULT_TEST,
+) -> list[dict[str, Any]]:
+    """Each row against the CLIP-cosine row in the full-gallery protocol: the paired ``test`` of
+    per-query hit@k over the re-ranked gallery (``predictions_full_{dir}.npz``). Records as
+    :func:`significance` with ``"protocol": "full_gallery"``; rows whose runs wrote no per-query
+    outcomes get a record with a ``note``."""
+    return _against_baseline(rows, "full_gallery", full_outcomes(k), n_resamples, seed, test)
 
 
 def first_stage_significance(
@@ -199,6 +295,7 @@ def first_stage_significance(
     k: int = 1,
     n_resamples: int = N_RESAMPLES,
     seed: int = 0,
+    test: str = DEFAULT_TEST,
 ) -> list[dict[str, Any]]:
     """Each re-ranking row against **its own first stage** in the full-gallery protocol: per
     query, hit@k of the re-ranked gallery (``rank``) vs hit@k of the first stage's order
@@ -206,122 +303,245 @@ def first_stage_significance(
     it re-ranks (``reranker_listnet@infonce`` against the InfoNCE model of the same seed).
 
     Per seed, and pooled: both sides' per-query hits averaged over the seeds first (the seeds of
-    one query are not independent units), then the paired bootstrap over queries. Rows whose
+    one query are not independent units), then the paired ``test`` over queries. Rows whose
     re-ranking never changes a hit (a scorer that is its own first stage: cosine, a pairwise
     model with ``first_stage=self``) get no record. Records as :func:`significance` with
     ``"protocol": "first_stage"``."""
+    reranked, first = full_outcomes(k, "rank"), full_outcomes(k, "first_stage_rank")
     records = []
     for name, row in rows.items():
         for direction in TABLE_ORDER:
             per_seed = []
             query = None
             for run in sorted(row["runs"], key=lambda r: str(r.get("seed"))):
-                out = run_full_outcomes(run, direction)
-                if out is None:
+                got, base = reranked(run, direction), first(run, direction)
+                if got is None or base is None:
                     continue
-                if query is not None and not np.array_equal(out["query"], query):
+                if query is not None and not np.array_equal(got[0]["query"], query):
                     continue  # another query set: not pooled with the first seed's
-                query = out["query"]
-                per_seed.append(
-                    (
-                        run.get("seed"),
-                        hits_at_k(out["rank"], k),
-                        hits_at_k(out["first_stage_rank"], k),
-                    )
-                )
+                query = got[0]["query"]
+                per_seed.append((run.get("seed"), got[1], base[1]))
             if not per_seed or all(np.array_equal(a, b) for _, a, b in per_seed):
                 continue
-            for run_seed, value, base in per_seed:
-                records.append(
-                    _record(
-                        "first_stage",
-                        name,
-                        direction,
-                        run_seed,
-                        paired_bootstrap(value, base, n_resamples, seed),
-                    )
-                )
-            if len(per_seed) > 1:
-                value = np.mean(np.stack([v for _, v, _ in per_seed]), axis=0)  # (Q,)
-                base = np.mean(np.stack([b for _, _, b in per_seed]), axis=0)  # (Q,)
-                records.append(
-                    _record(
-                        "first_stage",
-                        name,
-                        direction,
-                        "pooled",
-                        paired_bootstrap(value, base, n_resamples, seed),
-                    )
-                )
+            pooled = (
+                np.mean(np.stack([v for _, v, _ in per_seed]), axis=0),  # (Q,)
+                np.mean(np.stack([b for _, _, b in per_seed]), axis=0),  # (Q,)
+            )
+            records += _records(
+                "first_stage",
+                name,
+                "first stage",
+                direction,
+                per_seed,
+                pooled,
+                n_resamples,
+                seed,
+                test,
+            )
     return records
 
 
-def _compare(
+def _seed_pairs(
+    runs: list[dict[str, Any]],
+    base_runs: list[dict[str, Any]],
+    direction: str,
+    per_query: PerQuery,
+    align: Align,
+) -> tuple[list[tuple[Any, np.ndarray, np.ndarray, np.ndarray]], bool]:
+    """Each run of ``runs`` paired with a run of ``base_runs`` on the same queries (and, for the
+    lists, the same candidate lists): the one of the same seed when it pairs, else the first
+    that does (CLIP cosine's one run pairs with every seed). Returns ``([(seed, query ids (Q,),
+    values (Q,), base values (Q,)), ...], mismatch)`` — ``mismatch``: some run had outcomes but
+    no base run to pair with."""
+    bases = [(r, got) for r in base_runs if (got := per_query(r, direction)) is not None]
+    pairs, mismatch = [], False
+    for run in sorted(runs, key=lambda r: str(r.get("seed"))):
+        got = per_query(run, direction)
+        if got is None or not bases:
+            continue
+        pred, value = got
+        order = sorted(bases, key=lambda b: b[0].get("seed") != run.get("seed"))  # stable
+        for _, (base, base_value) in order:
+            pair = align(pred, base)
+            if pair is not None:
+                a_idx, b_idx = pair
+                pairs.append(
+                    (run.get("seed"), base["query"][b_idx], value[a_idx], base_value[b_idx])
+                )
+                break
+        else:
+            mismatch = True
+    return pairs, mismatch
+
+
+def _pooled(
+    pairs: list[tuple[Any, np.ndarray, np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, both sides averaged over the seeds (the seeds of one query are not independent
+    units): ``(values (Q,), base values (Q,))`` over the first pair's queries; pairs on another
+    query set are left out."""
+    query = pairs[0][1]
+    order = np.argsort(query, kind="stable")
+    values, bases = [], []
+    for _, q, value, base in pairs:
+        if len(q) != len(query) or not np.array_equal(np.sort(q), query[order]):
+            continue
+        idx = np.argsort(q, kind="stable")  # into query order of the first pair
+        values.append(value[idx])
+        bases.append(base[idx])
+    return np.nanmean(np.stack(values), axis=0), np.nanmean(np.stack(bases), axis=0)
+
+
+def _records(
+    protocol: str,
+    name: str,
+    base_name: str,
+    direction: str,
+    per_seed: list[tuple[Any, np.ndarray, np.ndarray]],
+    pooled: tuple[np.ndarray, np.ndarray] | None,
+    n_resamples: int,
+    seed: int,
+    test: str,
+) -> list[dict[str, Any]]:
+    """One record per seed of ``per_seed`` (``(seed, values, base values)``, queries aligned),
+    then, when there are several seeds, the ``pooled`` one (``(values, base values)``, both
+    sides averaged per query over the seeds)."""
+    records = [
+        _record(
+            protocol,
+            name,
+            base_name,
+            direction,
+            run_seed,
+            paired_test(value, base, test, n_resamples, seed),
+        )
+        for run_seed, value, base in per_seed
+    ]
+    if len(per_seed) > 1 and pooled is not None:
+        records.append(
+            _record(
+                protocol,
+                name,
+                base_name,
+                direction,
+                "pooled",
+                paired_test(*pooled, test, n_resamples, seed),
+            )
+        )
+    return records
+
+
+#: Per protocol of :func:`compare_rows` / the baseline tests: how queries pair, what a mismatch
+#: and a run without outcomes say.
+_PROTOCOL_PAIRING: dict[str, tuple[Align, str, str]] = {
+    "lists": (align_predictions, "different test lists than {base}: not compared", ""),
+    "full_gallery": (
+        align_queries,
+        "different test queries than {base}: not compared",
+        "no per-query full-gallery outcomes (predictions_full_*.npz): not tested",
+    ),
+}
+
+
+def _row_vs_row(
+    protocol: str,
+    name: str,
+    row: dict[str, Any],
+    base_name: str,
+    base_row: dict[str, Any],
+    per_query: PerQuery,
+    n_resamples: int,
+    seed: int,
+    test: str,
+) -> list[dict[str, Any]]:
+    """The records of row ``name`` against row ``base_name`` in one protocol, both directions:
+    per seed (each run paired with the base run of its seed, else the first that pairs) and
+    pooled over the seeds per query (:func:`_pooled`)."""
+    align, mismatch_note, missing_note = _PROTOCOL_PAIRING[protocol]
+    records = []
+    for direction in TABLE_ORDER:
+        if not any(per_query(r, direction) is not None for r in base_row["runs"]):
+            continue
+        pairs, mismatch = _seed_pairs(row["runs"], base_row["runs"], direction, per_query, align)
+        if not pairs:
+            note = mismatch_note.format(base=base_name) if mismatch else missing_note
+            if note:
+                records.append(_nan_record(protocol, name, base_name, direction, note))
+            continue
+        per_seed = [(s, value, base) for s, _, value, base in pairs]
+        records += _records(
+            protocol,
+            name,
+            base_name,
+            direction,
+            per_seed,
+            _pooled(pairs) if len(pairs) > 1 else None,
+            n_resamples,
+            seed,
+            test,
+        )
+    return records
+
+
+def _against_baseline(
     rows: dict[str, dict[str, Any]],
     protocol: str,
     per_query: PerQuery,
-    align: Align,
-    mismatch_note: str,
     n_resamples: int,
     seed: int,
-    missing_note: str = "",
+    test: str,
 ) -> list[dict[str, Any]]:
-    """The bootstrap records of one protocol (see :func:`significance`). ``per_query(run,
-    direction)`` gives the arrays that ``align`` pairs with the baseline's and the per-query
-    values ``(Q,)``, or None when the run has none."""
-    base_rows = [r for r in rows.values() if r["method"] == BASELINE and r["runs"]]
-    if not base_rows:
+    """Every row against the CLIP-cosine row in one protocol (:func:`_row_vs_row`)."""
+    base = next(((n, r) for n, r in rows.items() if r["method"] == BASELINE and r["runs"]), None)
+    if base is None:
         return []
-    base_runs = base_rows[0]["runs"]
+    base_name, base_row = base
     records = []
     for name, row in rows.items():
         if row["method"] == BASELINE or not row["runs"]:
             continue
-        for direction in TABLE_ORDER:
-            base_preds = [x for r in base_runs if (x := per_query(r, direction)) is not None]
-            if not base_preds:
-                continue
-            base = base_preds[0][0]
-            # (Q,) mean over the baseline's runs (one, usually: cosine has no seed)
-            base_value = np.nanmean([v for _, v in base_preds], axis=0)
-            per_seed, note = [], ""
-            for run in sorted(row["runs"], key=lambda r: str(r.get("seed"))):
-                got = per_query(run, direction)
-                if got is None:
-                    continue
-                pred, value = got
-                pair = align(pred, base)
-                if pair is None:
-                    note = mismatch_note
-                    continue
-                a_idx, b_idx = pair
-                per_seed.append((run.get("seed"), value[a_idx], base_value[b_idx]))
-            if not per_seed:
-                if note or missing_note:
-                    records.append(_nan_record(protocol, name, direction, note or missing_note))
-                continue
-            for run_seed, value, base_q in per_seed:
-                records.append(
-                    _record(
-                        protocol,
-                        name,
-                        direction,
-                        run_seed,
-                        paired_bootstrap(value, base_q, n_resamples, seed),
-                    )
-                )
-            if len(per_seed) > 1:
-                pooled = np.nanmean(np.stack([v for _, v, _ in per_seed]), axis=0)  # (Q,)
-                records.append(
-                    _record(
-                        protocol,
-                        name,
-                        direction,
-                        "pooled",
-                        paired_bootstrap(pooled, per_seed[0][2], n_resamples, seed),
-                    )
-                )
+        records += _row_vs_row(
+            protocol, name, row, base_name, base_row, per_query, n_resamples, seed, test
+        )
     return records
+
+
+def compare_rows(
+    rows: dict[str, dict[str, Any]],
+    name: str,
+    base_name: str,
+    k: int = 1,
+    recall: str = "hit",
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+    test: str = DEFAULT_TEST,
+) -> list[dict[str, Any]]:
+    """Row ``name`` against row ``base_name`` (``xmr report ROOT --compare A B``) in both
+    protocols — full gallery (hit@k of ``predictions_full_*.npz`` ``rank``) and lists (R@k
+    inside the lists of ``predictions_*.npz``) — per query, seeds averaged per query first, by
+    the paired ``test``; records as :func:`significance` (``base``: ``base_name``), Holm-adjusted
+    over the comparison's tests (:func:`adjust_holm`). Raises KeyError naming the rows when
+    either is not a row."""
+    for wanted in (name, base_name):
+        if wanted not in rows:
+            raise KeyError(f"no row {wanted!r}; rows: {', '.join(map(repr, rows))}")
+    records = []
+    for protocol, per_query in (
+        ("full_gallery", full_outcomes(k)),
+        ("lists", list_outcomes(k, recall)),
+    ):
+        records += _row_vs_row(
+            protocol,
+            name,
+            rows[name],
+            base_name,
+            rows[base_name],
+            per_query,
+            n_resamples,
+            seed,
+            test,
+        )
+    return adjust_holm(records)
 
 
 def holm(p: Sequence[float]) -> np.ndarray:
@@ -415,11 +635,12 @@ def format_p(p: float) -> str:
 
 
 def _record(
-    protocol: str, name: str, direction: str, seed: Any, res: dict[str, float]
+    protocol: str, name: str, base: str, direction: str, seed: Any, res: dict[str, float]
 ) -> dict[str, Any]:
     return {
         "protocol": protocol,
         "row": name,
+        "base": base,
         "direction": direction,
         "seed": seed,
         "delta": 100 * res["delta"],
@@ -432,11 +653,12 @@ def _record(
     }
 
 
-def _nan_record(protocol: str, name: str, direction: str, note: str) -> dict[str, Any]:
+def _nan_record(protocol: str, name: str, base: str, direction: str, note: str) -> dict[str, Any]:
     nan = math.nan
     return {
         "protocol": protocol,
         "row": name,
+        "base": base,
         "direction": direction,
         "seed": "pooled",
         "delta": nan,

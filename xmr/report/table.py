@@ -22,9 +22,9 @@ import numpy as np
 from xmr.data.store import TABLE_ORDER
 from xmr.report.collect import assign_rows
 
-#: Table 2 order of the rankers; other methods follow, then the baseline.
+#: Table 2 order of the rankers (after the baseline); other methods follow.
 METHOD_ORDER = ("lambdarank", "neural_ndcg", "listnet", "ranknet")
-#: The method every row is compared with (significance, gallery), listed last.
+#: The method every row is compared with (significance, gallery), listed first.
 BASELINE = "clip_cosine"
 
 
@@ -38,17 +38,35 @@ def recall_definition(recall: str) -> str:
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (n - 1; 0 for a single value)."""
+    """Mean and sample standard deviation (n - 1; NaN for a single value: undefined, shown as
+    ``—``, not as a spread of 0)."""
     n = len(values)
     mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
     return mean, std
 
 
 def _row_order(name: str, method: str) -> tuple[int, str]:
+    if method == BASELINE:
+        return 0, name
     if method in METHOD_ORDER:
-        return METHOD_ORDER.index(method), name
-    return (len(METHOD_ORDER) + (2 if method == BASELINE else 1)), name
+        return 1 + METHOD_ORDER.index(method), name
+    return 1 + len(METHOD_ORDER), name
+
+
+#: Decimals of the tables' values (percent); also the precision at which values tie.
+DECIMALS = 2
+
+
+def best_flags(values: list[tuple[float, float] | None]) -> list[bool]:
+    """Which entries of one table column are the best: the highest mean at the tables' shown
+    precision (:data:`DECIMALS`), so values that read the same all count as best (ties);
+    ``None`` (no value) never does. The one place the tables' bold cells are decided."""
+    shown = [
+        round(v[0], DECIMALS) if v is not None and math.isfinite(v[0]) else None for v in values
+    ]
+    top = max((v for v in shown if v is not None), default=None)
+    return [v is not None and v == top for v in shown]
 
 
 def table(
@@ -58,8 +76,9 @@ def table(
     unfinished: list[dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """row → {"method", "n", "jobs", "failed", "missing", "seeds", "synthetic",
-    "runs": [run dicts], "<dir>/R@K": (mean %, std %)}; rows in Table 2 order (rankers, other
-    methods, CLIP cosine last). ``n`` counts finished runs, ``jobs`` all jobs of the row."""
+    "runs": [run dicts], "<dir>/R@K": (mean %, std %; NaN std for one run)}; rows in Table 2
+    order: CLIP cosine (the baseline) first, then the rankers, then other methods. ``n`` counts
+    finished runs, ``jobs`` all jobs of the row."""
     recall_definition(recall)
     key = "recall" if recall == "hit" else "recall_found"
     unfinished = unfinished or []
@@ -168,6 +187,8 @@ class Report:
     rows: dict[str, dict[str, Any]]
     n_resamples: int
     seed: int
+    #: The paired test of the significance records (:data:`xmr.report.significance.TESTS`).
+    test: str
     #: Both protocols' records, Holm-adjusted (:mod:`xmr.report.significance`).
     significance: list[dict[str, Any]] = field(default_factory=list)
     #: The tables' constructions (:mod:`xmr.report.construction`): caption parts.
@@ -180,6 +201,8 @@ class Report:
     gain_warnings: list[str] = field(default_factory=list)
     curves: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     histories: dict[str, list[list[dict[str, Any]]]] = field(default_factory=dict)
+    #: CLIP cosine's validation values, the validation plot's reference lines.
+    val_reference: dict[str, float] = field(default_factory=dict)
 
     @property
     def warnings(self) -> list[str]:
