@@ -29,18 +29,24 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
+from xmr.callbacks.progress import progress_bar
 from xmr.callbacks.resume import (
     AtomicCheckpointIO,
     RNGStateCallback,
     last_checkpoint_callback,
     resume_checkpoint,
+    resume_hint,
 )
 from xmr.data.datamodule import XMRDataModule
 from xmr.models.build import build_module, load_weights
@@ -59,10 +65,15 @@ from xmr.runs.loggers import (
     finish_loggers,
     log_config,
     log_final_results,
+    log_interval,
+    logger_callbacks,
 )
 from xmr.runs.naming import run_method
 from xmr.runs.results import finished_results
+from xmr.runs.summary import summary_lines
 from xmr.utils.config import validate_config
+from xmr.utils.console import quiet_library_noise, run_command
+from xmr.utils.errors import Interrupted
 from xmr.utils.instantiate import instantiate
 from xmr.utils.io import remove_if_exists
 from xmr.utils.paths import CONF_DIR
@@ -75,11 +86,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (when the model has parameters), test on the best checkpoint, write results.
 
     On an error the run writes ``failed.json`` (:func:`write_failure`) into its directory instead
-    of ``results.json`` and re-raises; a successful run removes a stale ``failed.json``.
+    of ``results.json`` and re-raises; a successful run removes a stale ``failed.json``. Ctrl-C
+    raises :class:`Interrupted` saying how to resume (no ``failed.json``: nothing failed).
     """
+    quiet_library_noise()
     try:
         with torch_runtime(cfg):
             return _train(cfg)
+    except KeyboardInterrupt as exc:
+        raise Interrupted(resume_hint(output_dir_of(cfg))) from exc
     except Exception as exc:
         write_failure(output_dir_of(cfg), cfg, exc)
         raise
@@ -107,7 +122,13 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     ]
     callbacks.append(RNGStateCallback())  # resumed runs continue the same random streams
     callbacks.append(last_checkpoint_callback(out))
-    loggers = build_loggers(cfg)
+    if cfg.trainer.get("enable_progress_bar", True) and not any(
+        isinstance(c, ProgressBar) for c in callbacks
+    ):
+        callbacks.append(progress_bar())  # epochs from 1, like the history lines
+    assert dm.store is not None
+    loggers = build_loggers(cfg, synthetic=dm.store.synthetic)
+    callbacks += logger_callbacks(loggers)
     exit_code = 1
     try:
         results = _fit_and_test(cfg, out, dm, module, callbacks, loggers)
@@ -133,8 +154,11 @@ def _fit_and_test(
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
     )
+    # The training loss several times per epoch, whatever the epoch's length.
+    per_rank = max(1, dm.train_batches_per_epoch() // max(1, int(trainer.world_size)))
+    trainer.log_every_n_steps = log_interval(int(trainer.log_every_n_steps), per_rank)
     if trainer.is_global_zero:
-        log_config(loggers, cfg)
+        log_config(loggers, cfg, module)
 
     best_ckpt: Path | None = None
     best_val: float | None = None
@@ -143,7 +167,8 @@ def _fit_and_test(
         resume = resume_checkpoint(out, enabled=bool(cfg.get("resume", True)))
         if resume:
             log.info("resuming from %s", resume)
-        trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
+        with _interrupts_raised(trainer):
+            trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         best_ckpt = Path(best) if best else None
         score = getattr(trainer.checkpoint_callback, "best_model_score", None)
@@ -154,24 +179,37 @@ def _fit_and_test(
     results: dict[str, Any] = {}
     if cfg.get("test", True):
         val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        results = test_record(
-            cfg,
-            module,
-            dm,
-            out,
-            method=run_method(cfg),
-            trainer=trainer,
-            save_predictions=trainer.is_global_zero,
-            val_metrics=val,
-            checkpoint=best_ckpt,
-            epochs_run=int(trainer.current_epoch),
-            best_val=best_val,
-        )
+        with _interrupts_raised(trainer):
+            results = test_record(
+                cfg,
+                module,
+                dm,
+                out,
+                method=run_method(cfg),
+                trainer=trainer,
+                save_predictions=trainer.is_global_zero,
+                val_metrics=val,
+                checkpoint=best_ckpt,
+                epochs_run=int(trainer.current_epoch),
+                best_val=best_val,
+            )
         if trainer.is_global_zero:
             results = write_record(out / RESULTS_FILE, results)
             remove_if_exists(out / FAILED_FILE)
             log_final_results(loggers, results)
     return results
+
+
+@contextmanager
+def _interrupts_raised(trainer: L.Trainer) -> Iterator[None]:
+    """Lightning answers Ctrl-C inside ``fit``/``test`` with a graceful shutdown and
+    ``sys.exit(1)``; turn that exit back into the ``KeyboardInterrupt`` it was."""
+    try:
+        yield
+    except SystemExit:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
 
 
 def _make_relaunchable() -> None:
@@ -186,9 +224,18 @@ def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the monitored validation value (for sweepers such as Optuna)."""
     _make_relaunchable()
     results = train(cfg)
+    if results and rank_zero_only.rank == 0:
+        lines = summary_lines(
+            results,
+            output_dir_of(cfg),
+            monitor=str(cfg.monitor),
+            mode=str(cfg.get("monitor_mode", "max")),
+            max_epochs=cfg.trainer.get("max_epochs"),
+        )
+        print("\n".join(lines), flush=True)
     value = results.get(str(cfg.monitor).replace("val/", "best_val/"))
     return float(value) if value is not None else None
 
 
 if __name__ == "__main__":
-    main()
+    run_command("train", main)
