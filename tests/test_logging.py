@@ -231,3 +231,57 @@ def test_wandb_run_is_finished_even_when_the_job_fails(tiny_store, tmp_path, mon
     assert wandb.run is None
     (run_dir,) = _run_dirs(tmp_path / "fail")
     assert _read_finished(run_dir)["exit_code"] == 1
+
+
+def test_a_resumed_job_continues_its_wandb_run_with_tags_and_parameter_count(
+    tiny_store, tmp_path
+) -> None:
+    # First launch: one epoch, stopped before testing (as a killed job would be: no results.json).
+    first = tiny_run(tiny_store, tmp_path, "logger=wandb", "test=false")
+    train(make_cfg(tmp_path, first, "job"))
+    # Second launch of the same run directory: resumes from last.ckpt to two epochs.
+    second = tiny_run(tiny_store, tmp_path, "logger=wandb", "trainer.max_epochs=2")
+    results = train(make_cfg(tmp_path, second, "job"))
+    assert results["epochs_run"] == 2
+    runs = [_read_finished(d) for d in _run_dirs(tmp_path / "job")]
+    assert len(runs) == 2, "each launch writes its offline part"
+    run_id = (tmp_path / "job" / "wandb" / "run_id").read_text().strip()
+    assert runs[0]["run"]["id"] == runs[1]["run"]["id"] == run_id, "one W&B run for the job"
+    for run in runs:
+        assert {"synthetic_tiny", "ranker", "listnet", "synthetic"} <= set(run["run"]["tags"])
+        assert run["config"]["params/trainable"] == run["config"]["params/total"] > 0
+    # per-step training loss (several points per epoch) and the learning rate
+    assert {"train/loss_step", "lr-Adam", "train/loss"} <= runs[0]["history_keys"]
+
+
+def test_wandb_run_id_is_written_once_per_run_dir(tmp_path) -> None:
+    from xmr.runs.loggers import wandb_run_id
+
+    first = wandb_run_id(tmp_path / "a")
+    assert first == wandb_run_id(tmp_path / "a") and len(first) == 12 and first.isalnum()
+    assert wandb_run_id(tmp_path / "b") != first
+
+
+def test_the_training_loss_is_logged_several_times_per_epoch(tiny_store, tmp_path) -> None:
+    from xmr.data.datamodule import XMRDataModule
+    from xmr.runs.loggers import log_interval
+
+    assert log_interval(50, 63) == 15  # the synthetic_demo epoch: about 4 points, not 0
+    assert log_interval(50, 1000) == 50  # long epochs keep the configured interval
+    assert log_interval(50, 3) == 1 and log_interval(0, 100) == 0  # 0 = no logging, kept
+    dm = XMRDataModule(
+        store=str(tiny_store),
+        lists_dir=str(tmp_path / "lists"),
+        batch_size=16,
+        mining={
+            "pool": 30,
+            "hard": 10,
+            "t2i_captions_per_image": 1,
+            "i2t_positives": 1,
+        },
+    )
+    dm.prepare_data()
+    dm.setup()
+    assert dm.train_batches_per_epoch() == -(-dm.num_lists("t2i", "train") // 16) == 4
+    dm.use_pair_training(32)
+    assert dm.train_batches_per_epoch() == 300 // 32  # 60 images x 5 captions, last batch dropped

@@ -17,6 +17,7 @@ from pathlib import Path
 from xmr.models.scorer import scorer_kind
 from xmr.runs.lifecycle import restore_run
 from xmr.runs.naming import run_method
+from xmr.utils.console import key_value_args, run_command
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,9 @@ def embed(
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    opts = dict(a.split("=", 1) for a in args if "=" in a)
-    unknown = sorted(set(opts) - {"run_dir", "out", "ckpt", "overwrite"})
-    if unknown or "run_dir" not in opts or "out" not in opts:
-        raise SystemExit(USAGE + (f"\nunknown keys: {unknown}" if unknown else ""))
+    opts, _ = key_value_args(
+        args, USAGE, ("run_dir", "out", "ckpt", "overwrite"), required=("run_dir", "out")
+    )
     logging.basicConfig(level=logging.INFO)
     path = embed(
         opts["run_dir"],
@@ -64,4 +64,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command("embed", main)

@@ -18,9 +18,12 @@ from typing import Any
 
 from xmr.runs.lifecycle import EVAL_RESULTS_FILE, restore_run, test_record, write_record
 from xmr.runs.naming import run_method
+from xmr.utils.console import key_value_args, metrics_line, quiet_library_noise, run_command
 from xmr.utils.provenance import utc_now
 
 log = logging.getLogger(__name__)
+
+USAGE = "usage: xmr eval run_dir=DIR [ckpt=FILE] [out=DIR] [dotted.key=value ...]"
 
 
 def evaluate(
@@ -52,19 +55,21 @@ def evaluate(
 def main(argv: list[str] | None = None) -> None:
     """``xmr eval run_dir=DIR [ckpt=FILE] [out=DIR] [dotted.key=value ...]``."""
     args = list(sys.argv[1:] if argv is None else argv)
-    opts = {
-        a.split("=", 1)[0]: a.split("=", 1)[1]
-        for a in args
-        if a.split("=", 1)[0] in ("run_dir", "ckpt", "out")
-    }
-    rest = [a for a in args if a.split("=", 1)[0] not in ("run_dir", "ckpt", "out")]
-    if "run_dir" not in opts:
-        raise SystemExit("usage: xmr eval run_dir=DIR [ckpt=FILE] [out=DIR] [key=value ...]")
+    opts, rest = key_value_args(
+        args, USAGE, ("run_dir", "ckpt", "out"), required=("run_dir",), overrides=True
+    )
     logging.basicConfig(level=logging.INFO)
+    quiet_library_noise()
     results = evaluate(opts["run_dir"], rest, opts.get("ckpt"), opts.get("out"))
-    for key in sorted(k for k in results if k.startswith(("test/", "test_full/"))):
-        print(f"{key:32s} {results[key]:.4f}")
+    for prefix in ("test", "test_full"):
+        shown = {
+            k: float(v)
+            for k, v in results.items()
+            if k.startswith(prefix + "/") and isinstance(v, (int, float))
+        }
+        if shown:
+            print(f"{prefix}: {metrics_line(shown)}")
 
 
 if __name__ == "__main__":
-    main()
+    run_command("eval", main)

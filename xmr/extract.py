@@ -45,6 +45,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from xmr.data.adapters import CaptionDataset, DatasetError, build_dataset
 from xmr.data.store import write_store
+from xmr.utils.console import run_command
+from xmr.utils.errors import UserError
 from xmr.utils.io import WORK_STATE, WorkDirMismatch, atomic_write, resume_work_dir
 from xmr.utils.paths import CONF_DIR
 
@@ -59,7 +61,7 @@ KINDS = ("image", "text")
 ChunkHook = Callable[[str, int], None]
 
 
-class ExtractError(ValueError):
+class ExtractError(UserError, ValueError):
     """Invalid extraction config or an incompatible partial run; the message says what to do."""
 
 
@@ -547,4 +549,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command("extract", main)

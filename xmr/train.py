@@ -54,13 +54,18 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
+from xmr.callbacks.progress import progress_bar
 from xmr.callbacks.resume import (
     AtomicCheckpointIO,
     LastValidationCallback,
@@ -68,6 +73,7 @@ from xmr.callbacks.resume import (
     clear_checkpoints,
     last_checkpoint_callback,
     resume_checkpoint,
+    resume_hint,
 )
 from xmr.data.datamodule import XMRDataModule
 from xmr.models.build import build_module, load_weights
@@ -88,10 +94,15 @@ from xmr.runs.loggers import (
     finish_loggers,
     log_config,
     log_final_results,
+    log_interval,
+    logger_callbacks,
 )
 from xmr.runs.naming import run_method
 from xmr.runs.results import finished_results
+from xmr.runs.summary import summary_lines
 from xmr.utils.config import validate_config
+from xmr.utils.console import quiet_library_noise, run_command
+from xmr.utils.errors import Interrupted
 from xmr.utils.instantiate import instantiate
 from xmr.utils.io import remove_if_exists
 from xmr.utils.paths import CONF_DIR
@@ -109,8 +120,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     after this attempt wrote its ``results.json`` leaves the results and writes no
     ``failed.json`` (see :mod:`xmr.runs.lifecycle`). A run directory in use by another process
     raises :class:`xmr.runs.lifecycle.RunDirBusy` before anything is written
-    (:func:`claim_run_dir`).
+    (:func:`claim_run_dir`). Ctrl-C raises :class:`Interrupted` saying how to resume (no
+    ``failed.json``: nothing failed).
     """
+    quiet_library_noise()
     out = output_dir_of(cfg)
     lock = claim_run_dir(out)
     published: list[Path] = []  # results.json, once this attempt has written it
@@ -118,6 +131,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         with torch_runtime(cfg):
             return _train(cfg, published, started)
+    except KeyboardInterrupt as exc:
+        raise Interrupted(resume_hint(out)) from exc
     except Exception as exc:
         if published:
             log.error("%s written, then the run failed (%s); no failed.json", published[0], exc)
@@ -154,7 +169,13 @@ def _train(cfg: DictConfig, published: list[Path], started: str) -> dict[str, An
     last_val = LastValidationCallback()  # a run resumed after its last epoch records it too
     callbacks.append(last_val)
     callbacks.append(last_checkpoint_callback(out))
-    loggers = build_loggers(cfg)
+    if cfg.trainer.get("enable_progress_bar", True) and not any(
+        isinstance(c, ProgressBar) for c in callbacks
+    ):
+        callbacks.append(progress_bar())  # epochs from 1, like the history lines
+    assert dm.store is not None
+    loggers = build_loggers(cfg, synthetic=dm.store.synthetic)
+    callbacks += logger_callbacks(loggers)
     exit_code = 1
     try:
         results = _fit_and_test(
@@ -189,8 +210,11 @@ def _fit_and_test(
         plugins=[AtomicCheckpointIO()],
         **reload,
     )
+    # The training loss several times per epoch, whatever the epoch's length.
+    per_rank = max(1, dm.train_batches_per_epoch() // max(1, int(trainer.world_size)))
+    trainer.log_every_n_steps = log_interval(int(trainer.log_every_n_steps), per_rank)
     if trainer.is_global_zero:
-        log_config(loggers, cfg)
+        log_config(loggers, cfg, module)
 
     best_ckpt: Path | None = None
     best_val: float | None = None
@@ -202,7 +226,8 @@ def _fit_and_test(
         else:  # stale ones of an earlier attempt are never taken for this run's (every DDP
             # rank decides alike here, before any of them writes a checkpoint)
             clear_checkpoints(out)
-        trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
+        with _interrupts_raised(trainer):
+            trainer.fit(module, datamodule=dm, ckpt_path=resume, weights_only=True)
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         best_ckpt = Path(best) if best else None
         score = getattr(trainer.checkpoint_callback, "best_model_score", None)
@@ -215,26 +240,39 @@ def _fit_and_test(
     results: dict[str, Any] = {}
     if cfg.get("test", True):
         val = last_val.values(trainer)
-        results = test_record(
-            cfg,
-            module,
-            dm,
-            out,
-            method=run_method(cfg),
-            trainer=trainer,
-            save_predictions=trainer.is_global_zero,
-            val_metrics=val,
-            checkpoint=best_ckpt,
-            epochs_run=int(trainer.current_epoch),
-            best_val=best_val,
-            started=started,
-        )
+        with _interrupts_raised(trainer):
+            results = test_record(
+                cfg,
+                module,
+                dm,
+                out,
+                method=run_method(cfg),
+                trainer=trainer,
+                save_predictions=trainer.is_global_zero,
+                val_metrics=val,
+                checkpoint=best_ckpt,
+                epochs_run=int(trainer.current_epoch),
+                best_val=best_val,
+                started=started,
+            )
         if trainer.is_global_zero:
             remove_if_exists(out / FAILED_FILE)  # first: a kill in between leaves neither
             results = write_record(out / RESULTS_FILE, results)
             published.append(out / RESULTS_FILE)
             log_final_results(loggers, results)
     return results
+
+
+@contextmanager
+def _interrupts_raised(trainer: L.Trainer) -> Iterator[None]:
+    """Lightning answers Ctrl-C inside ``fit``/``test`` with a graceful shutdown and
+    ``sys.exit(1)``; turn that exit back into the ``KeyboardInterrupt`` it was."""
+    try:
+        yield
+    except SystemExit:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
 
 
 def _make_relaunchable() -> None:
@@ -249,9 +287,18 @@ def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the monitored validation value (for sweepers such as Optuna)."""
     _make_relaunchable()
     results = train(cfg)
+    if results and rank_zero_only.rank == 0:
+        lines = summary_lines(
+            results,
+            output_dir_of(cfg),
+            monitor=str(cfg.monitor),
+            mode=str(cfg.get("monitor_mode", "max")),
+            max_epochs=cfg.trainer.get("max_epochs"),
+        )
+        print("\n".join(lines), flush=True)
     value = results.get(str(cfg.monitor).replace("val/", "best_val/"))
     return float(value) if value is not None else None
 
 
 if __name__ == "__main__":
-    main()
+    run_command("train", main)

@@ -50,6 +50,7 @@ from xmr.runs.lifecycle import (
 )
 from xmr.runs.naming import method_name
 from xmr.runs.results import finished_results
+from xmr.utils.console import run_command
 from xmr.utils.instantiate import ConfigError, instantiate
 from xmr.utils.io import atomic_write
 from xmr.utils.paths import CONF_DIR
@@ -383,4 +384,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command("train-ensemble", main)

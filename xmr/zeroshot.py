@@ -14,6 +14,9 @@ import sys
 
 from xmr.data.store import FeatureStore
 from xmr.metrics.zeroshot import full_gallery_recall
+from xmr.utils.console import key_value_args, run_command
+
+USAGE = "usage: xmr eval-zeroshot store=DIR [split=test] [ks=1,5,10]"
 
 
 def zeroshot(store_path: str, split: str = "test", ks: tuple[int, ...] = (1, 5, 10)) -> dict:
@@ -38,9 +41,8 @@ def zeroshot(store_path: str, split: str = "test", ks: tuple[int, ...] = (1, 5, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv) if "=" in a)
-    if "store" not in args:
-        raise SystemExit("usage: xmr eval-zeroshot store=DIR [split=test] [ks=1,5,10]")
+    words = list(sys.argv[1:] if argv is None else argv)
+    args, _ = key_value_args(words, USAGE, ("store", "split", "ks"), required=("store",))
     ks = tuple(int(k) for k in args.get("ks", "1,5,10").split(","))
     result = zeroshot(args["store"], args.get("split", "test"), ks)
     store = FeatureStore.open(args["store"], check_norms=False)
@@ -55,4 +57,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command("eval-zeroshot", main)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 
+from xmr.utils.console import epoch_label, metrics_line
 from xmr.utils.io import atomic_write_text, no_space_reported
 
 log = logging.getLogger(__name__)
@@ -15,7 +16,9 @@ log = logging.getLogger(__name__)
 
 class MetricsHistoryCallback(L.Callback):
     """Appends ``{"epoch", "step", <logged key>: value, ...}`` to ``<dirpath>/metrics.jsonl`` after
-    every validation epoch and test run, and logs ``epoch N: train/loss … val/t2i/recall@1 …``.
+    every validation epoch and test run, and logs ``val epoch 3/10: rsum 151.0 | i2t R@1 25.0% …``
+    (epochs from 1, recall in percent: :func:`xmr.utils.console.metrics_line`; the record keeps
+    Lightning's 0-based ``epoch`` and fractions).
 
     Each line is one complete JSON record written with a single ``write`` call; a reader skips a
     trailing partial line left by a kill. Validation curves in reports are drawn from this file.
@@ -49,12 +52,18 @@ class MetricsHistoryCallback(L.Callback):
         }
         with no_space_reported(self.path):
             append_record(self.path, record)
-        shown = " ".join(
-            f"{k}={v:.4f}"
-            for k, v in sorted(values.items())
-            if k.endswith(("loss", "rsum")) or k.rsplit("/", 1)[-1] in self.keys
+        shown = metrics_line(
+            {
+                k: v
+                for k, v in values.items()
+                if k in ("train/loss", f"{stage}/rsum")
+                or (k.startswith(f"{stage}/") and k.rsplit("/", 1)[-1] in (*self.keys, "loss"))
+            }
         )
-        log.info("%s epoch %d: %s", stage, trainer.current_epoch, shown)
+        # Epochs count from 1 on screen (the progress bar agrees); the record keeps the index.
+        # The test runs after the last epoch, on the best checkpoint: no epoch to name.
+        where = epoch_label(record["epoch"], trainer.max_epochs) if stage == "val" else ""
+        log.info("%s%s: %s", stage, f" {where}" if where else "", shown)
 
     # Lightning calls a callback's *_epoch_end before the module's, where the epoch's metrics are
     # computed: record at *_end, when they are in `callback_metrics`.

@@ -138,6 +138,14 @@ class LastValidationCallback(L.Callback):
         self._restored = {str(k): float(v) for k, v in (state_dict.get("val") or {}).items()}
 
 
+def resume_hint(out: Path) -> str:
+    """What to do after an interrupted run of ``out``: start the same command again."""
+    last = resume_checkpoint(out)
+    if last is not None:
+        return f"run the same command again to resume from {last}"
+    return f"run the same command again to start over (no checkpoint yet in {Path(out) / 'checkpoints'})"
+
+
 class RNGStateCallback(L.Callback):
     """Saves every random state a training epoch draws from in each checkpoint, and puts it back
     when a run resumes, so that a resumed run continues exactly as an uninterrupted one.

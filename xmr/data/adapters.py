@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from xmr.data.store import SPLITS, FeatureStore
+from xmr.utils.errors import UserError
 
 __all__ = [
     "ADAPTERS",
@@ -71,7 +72,7 @@ FOLDER_HELP = (
 )
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """Invalid or incomplete dataset input; the message names the file and the rule broken."""
 
 

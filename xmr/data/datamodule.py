@@ -352,6 +352,15 @@ class XMRDataModule(L.LightningDataModule):
     def num_lists(self, direction: str, split: str) -> int:
         return len(self._gatherers[(direction, split)].queries)
 
+    def train_batches_per_epoch(self) -> int:
+        """Training batches in one epoch of :meth:`train_dataloader` (one process, after
+        :meth:`setup`): pair batches (the last short one dropped), else the longest direction's
+        list batches (the directions are cycled to the longest)."""
+        if self.pair_batch_size is not None:
+            n = len(self._train_pairs())
+            return max(1, n // self.pair_batch_size) if n > self.pair_batch_size else 1
+        return max(-(-self.num_lists(d, "train") // self.batch_size) for d in self.directions)
+
     # -- loaders -------------------------------------------------------------------------------
     def gatherer(self, direction: str, split: str) -> PairGatherer:
         """The batch gatherer of ``(direction, split)`` (after :meth:`setup`)."""

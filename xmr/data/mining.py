@@ -113,6 +113,7 @@ import torch
 from xmr.data.probe import probe_paths
 from xmr.data.store import DIRECTIONS, SPLITS, FeatureStore
 from xmr.metrics.ranking import pessimistic_order, pessimistic_topk
+from xmr.utils.errors import UserError
 from xmr.utils.io import atomic_write, atomic_write_text, publish_dir, resume_work_dir
 from xmr.utils.lock import DirLock
 
@@ -154,7 +155,7 @@ _PARTIAL_FORMAT = "xmr-lists-partial/1"  # format of the resumable work director
 _STATS_SUFFIX = ".stats.json"  # beside each finished file in the work directory
 
 
-class ListsError(ValueError):
+class ListsError(UserError, ValueError):
     """Invalid candidate lists or mining parameters; the message names the file and the rule."""
 
 

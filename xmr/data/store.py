@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from xmr.utils.errors import UserError
 from xmr.utils.io import clean_stale_temps, owner_tag, publish_dir
 from xmr.utils.lock import DirLock
 
@@ -87,7 +88,7 @@ _LINE_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029\t"
 _CAPTION_TABLE = str.maketrans({c: " " for c in _LINE_BREAKS})
 
 
-class StoreError(ValueError):
+class StoreError(UserError, ValueError):
     """An invalid feature store (or invalid writer input); the message names file and rule."""
 
 
@@ -495,6 +496,11 @@ class FeatureStore:
     def joint_space(self) -> bool:
         """True when image and text vectors share one space (cosine is meaningful, e.g. CLIP)."""
         return bool(self.manifest["joint_space"])
+
+    @property
+    def synthetic(self) -> bool:
+        """True for a generated store (``xmr synth``), not one encoded from data."""
+        return bool(self.manifest.get("encoder", {}).get("synthetic", False))
 
     @property
     def text_split(self) -> np.ndarray:

@@ -82,7 +82,8 @@ from typing import Any
 
 import numpy as np
 
-from xmr.data.store import SPLITS, write_store
+from xmr.data.store import SPLITS, StoreError, write_store
+from xmr.utils.instantiate import ConfigError
 
 __all__ = [
     "PRESETS",
@@ -127,26 +128,28 @@ class SynthConfig:
     def __post_init__(self) -> None:
         for name in ("num_train", "num_test", "captions_per_image", "dim", "num_topics"):
             if getattr(self, name) < 1:
-                raise ValueError(f"SynthConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"SynthConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_val < 0:
-            raise ValueError(f"SynthConfig.num_val must be >= 0, got {self.num_val}")
+            raise ConfigError(f"SynthConfig.num_val must be >= 0, got {self.num_val}")
         if not 1 <= self.min_concepts <= self.max_concepts <= self.concepts_per_topic:
-            raise ValueError(
+            raise ConfigError(
                 "SynthConfig: need 1 <= min_concepts <= max_concepts <= concepts_per_topic, got "
                 f"{self.min_concepts}, {self.max_concepts}, {self.concepts_per_topic}"
             )
         if not 0.0 <= self.caption_keep <= 1.0:
-            raise ValueError(f"SynthConfig.caption_keep must be in [0, 1], got {self.caption_keep}")
+            raise ConfigError(
+                f"SynthConfig.caption_keep must be in [0, 1], got {self.caption_keep}"
+            )
         if not 0.0 <= self.nuisance_fraction <= 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"SynthConfig.nuisance_fraction must be in [0, 1], got {self.nuisance_fraction}"
             )
         if not 0.0 <= self.image_distortion < 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"SynthConfig.image_distortion must be in [0, 1), got {self.image_distortion}"
             )
         if self.nuisance_fraction > 0 and not 1 <= self.nuisance_rank <= self.dim:
-            raise ValueError(
+            raise ConfigError(
                 f"SynthConfig.nuisance_rank must be in [1, dim={self.dim}] when "
                 f"nuisance_fraction > 0, got {self.nuisance_rank}"
             )
@@ -282,7 +285,7 @@ def synth_config(options: Mapping[str, Any]) -> SynthConfig:
     opts = dict(options)
     preset = opts.pop("preset", None)
     if preset is not None and preset not in PRESETS:
-        raise ValueError(f"data.synth.preset={preset!r}: one of {sorted(PRESETS)}")
+        raise ConfigError(f"data.synth.preset={preset!r}: one of {sorted(PRESETS)}")
     return dataclasses.replace(PRESETS[preset] if preset else SynthConfig(), **opts)
 
 
@@ -329,7 +332,7 @@ def check_synthetic_store(path: str | os.PathLike[str], cfg: SynthConfig) -> Non
     differ = sorted(k for k in wanted if recorded.get(k, defaults[k]) != wanted[k])
     if differ:
         shown = ", ".join(f"{k}: {recorded.get(k, defaults[k])!r} != {wanted[k]!r}" for k in differ)
-        raise ValueError(
+        raise StoreError(
             f"{Path(path) / 'manifest.json'}: this SYNTHETIC store was generated with other "
             f"settings than data.synth asks for ({shown}); delete {path} to generate it anew, "
             "or point data.store elsewhere"

@@ -52,6 +52,7 @@ from torch import Tensor, nn
 
 from xmr.data.store import FeatureStore
 from xmr.metrics.ranking import pessimistic_order, pessimistic_topk, rsum
+from xmr.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ FIRST_STAGES = ("auto", "cosine", "self")
 PREFIX = "test_full"
 
 
-class FullGalleryError(ValueError):
+class FullGalleryError(UserError, ValueError):
     """The protocol cannot run with these options (message names the option and the rule)."""
 
 

@@ -3,7 +3,8 @@
 Logged keys are ``{stage}/{direction}/{metric}`` (e.g. ``val/t2i/recall@1``) plus
 ``{stage}/rsum`` — :func:`xmr.metrics.ranking.rsum`: the sum of hit@1/5/10 over the trained
 directions, in percent, the usual single-number summary of cross-modal retrieval (the monitored
-key is ``monitor`` in conf/train.yaml). The test predictions rank each list in the pessimistic
+key is ``monitor`` in conf/train.yaml); ``train/loss`` (the epoch's mean, per direction
+``train/{direction}/loss``) and ``train/loss_step`` (each logged step). The test predictions rank each list in the pessimistic
 order of :func:`xmr.metrics.ranking.pessimistic_order`, the order the metrics use.
 :func:`validation_keys` lists the validation keys a run can monitor.
 
@@ -177,7 +178,14 @@ class RankingModule(L.LightningModule):
             batch_size=max(len(sub["query"]) for sub in batch.values()),
             sync_dist=True,
         )
+        self._log_step_loss(total)
         return total
+
+    def _log_step_loss(self, loss: Tensor) -> None:
+        """``train/loss_step``: the loss of the step, for the loggers' per-step curve (every
+        ``log_every_n_steps`` steps; :func:`xmr.runs.loggers.log_interval` keeps several per
+        epoch). ``train/loss`` is the epoch's mean."""
+        self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, batch_size=1)
 
     def _pair_step(self, batch: Mapping[str, Tensor]) -> Tensor:
         if self.pair_model is None:
@@ -192,6 +200,7 @@ class RankingModule(L.LightningModule):
             prog_bar=True,
             batch_size=len(batch["image_id"]),
         )
+        self._log_step_loss(loss)
         return loss
 
     # -- divergence ----------------------------------------------------------------------------

@@ -29,7 +29,6 @@ tables), ``significance.csv``, ``recall_at_k.png``, ``validation_curves.png`` an
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -39,6 +38,7 @@ from xmr.report.collect import collect, collect_unfinished
 from xmr.report.construction import full_construction, list_construction, probe_lines, probes
 from xmr.report.curves import CURVE_MAX_K, baseline_reference, histories, recall_curves
 from xmr.report.html import write_html
+from xmr.report.options import report_parser
 from xmr.report.plots import plot_recall_curves, plot_validation_curves
 from xmr.report.render import (
     comparison_markdown,
@@ -166,35 +166,7 @@ def write_report(
 
 def main(argv: list[str] | None = None) -> None:
     """``xmr report ROOT [--out DIR] [--recall found] [--images DIR] ...`` (see ``--help``)."""
-    parser = argparse.ArgumentParser(
-        prog="xmr report", description=(__doc__ or "").split("\n", 1)[0]
-    )
-    parser.add_argument("root", help="directory holding the runs (results.json files below it)")
-    parser.add_argument("--out", help="where to write the report (default: ROOT)")
-    parser.add_argument("--recall", choices=("hit", "found"), default="hit")
-    parser.add_argument(
-        "--images", help="folder of the store's photos (images.txt names) for the HTML gallery"
-    )
-    parser.add_argument(
-        "--test",
-        choices=TESTS,
-        default=DEFAULT_TEST,
-        help="paired test over queries: sign-flip randomisation (permutation, default) or "
-        "bootstrap",
-    )
-    parser.add_argument(
-        "--resamples", type=int, default=N_RESAMPLES, help="random sign patterns / resamples"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the test's resampling")
-    parser.add_argument(
-        "--compare",
-        nargs=2,
-        metavar=("A", "B"),
-        help="print the paired test of row A against row B in both protocols; write nothing",
-    )
-    parser.add_argument("--gallery", type=int, default=6, help="gallery queries per direction")
-    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    parser.add_argument("--no-html", action="store_true", help="skip report.html")
+    parser = report_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s][%(levelname)s] %(message)s")
     test = {"n_resamples": args.resamples, "seed": args.seed, "test": args.test}

@@ -51,12 +51,9 @@ from xmr.data.store import TABLE_ORDER
 from xmr.metrics.full_gallery import hits_at_k
 from xmr.metrics.ranking import ranked_recall_at_k
 from xmr.report.collect import run_full_outcomes, run_predictions
+from xmr.report.options import DEFAULT_TEST, N_RESAMPLES, TESTS
 from xmr.report.table import BASELINE
 
-N_RESAMPLES = 10_000
-#: The paired tests ``xmr report --test`` offers (module docstring); the first is the default.
-TESTS = ("permutation", "bootstrap")
-DEFAULT_TEST = TESTS[0]
 #: Level of the tests (on Holm-adjusted p-values).
 ALPHA = 0.05
 #: ``protocol`` of the records, in the report's order: the full gallery first. ``first_stage``:

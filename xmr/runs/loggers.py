@@ -20,6 +20,15 @@ An online run first checks that the W&B host (or the HTTPS proxy) accepts a TCP 
 logs offline instead, with a WARNING saying how to upload it later — rather than waiting about
 two minutes for ``wandb.init`` to time out and fail the job.
 
+A resumed job continues its W&B run: the run id is kept in ``<run dir>/wandb/run_id``
+(:func:`wandb_run_id`, created by the first launch) and W&B is started with ``resume="allow"``, so
+an interrupted job started again is one W&B run, not two of the same name. W&B runs are tagged
+with the data name, the model, the loss (models trained on lists) and ``synthetic`` for a
+generated store (:func:`run_tags`); the parameter count is logged with the config
+(:func:`log_config`), the learning rate by a ``LearningRateMonitor`` whenever a logger is on
+(:func:`logger_callbacks`), and the training loss several times per epoch
+(:func:`log_interval`).
+
 The resolved config is logged with secrets removed (:func:`scrub_secrets`: any key naming a key,
 token, secret or password, and any ``WANDB_API_KEY``-like value, is replaced by ``"***"``). The
 final test table is logged as a ``wandb.Table`` (:func:`log_final_results`), and
@@ -35,7 +44,9 @@ import logging
 import math
 import netrc
 import os
+import secrets
 import socket
+import string
 import sys
 import threading
 from collections.abc import Mapping, Sequence
@@ -43,6 +54,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
@@ -50,9 +62,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from xmr.data.store import TABLE_ORDER
-from xmr.runs.naming import method_name
+from xmr.models.scorer import scorer_kind
+from xmr.runs.naming import loss_name, method_name
 from xmr.utils.instantiate import buildable, instantiate
-from xmr.utils.io import atomic_write_text
+from xmr.utils.io import atomic_write_text, write_once
 from xmr.utils.secrets import scrub_secrets
 
 log = logging.getLogger(__name__)
@@ -122,6 +135,18 @@ def wandb_unreachable(timeout: float = 5.0) -> str | None:
     return f"{host}:{port}: {outcome.get('error') or f'no connection within {timeout:g} s'}"
 
 
+#: Where a run directory keeps its W&B run id (below the logger's ``save_dir``).
+WANDB_ID_FILE = Path("wandb") / "run_id"
+
+
+def wandb_run_id(save_dir: str | Path) -> str:
+    """The W&B run id of the run directory ``save_dir``: read from ``wandb/run_id``, or drawn
+    (12 random lowercase letters and digits) and written there by the first launch."""
+    alphabet = string.ascii_lowercase + string.digits
+    fresh = "".join(secrets.choice(alphabet) for _ in range(12))
+    return write_once(Path(save_dir) / WANDB_ID_FILE, fresh + "\n").strip()
+
+
 @buildable
 def make_wandb_logger(
     *,
@@ -135,13 +160,17 @@ def make_wandb_logger(
     tags: Sequence[str] = (),
     log_model: bool = False,
     connect_timeout: float = 5.0,
+    id: str | None = None,  # noqa: A002 - W&B's name for it
+    resume: str | None = "allow",
     **kwargs: Any,
 ) -> Logger:
     """Lightning's ``WandbLogger`` with the mode chosen by :func:`wandb_mode`; an online mode
     whose host does not answer within ``connect_timeout`` seconds (:func:`wandb_unreachable`)
     falls back to offline, with a WARNING naming ``wandb sync`` for uploading the run later.
 
-    The W&B run is created lazily (first use of ``logger.experiment``, on global rank 0 only).
+    ``id`` null = the run directory's own id (:func:`wandb_run_id`); with ``resume="allow"`` a
+    job started again continues its W&B run. The W&B run is created lazily (first use of
+    ``logger.experiment``, on global rank 0 only).
     """
     from lightning.pytorch.loggers import WandbLogger
 
@@ -158,7 +187,10 @@ def make_wandb_logger(
             )
             resolved = "offline"
     Path(save_dir).mkdir(parents=True, exist_ok=True)
+    if resume is not None:
+        kwargs["resume"] = resume
     return WandbLogger(
+        id=id or wandb_run_id(save_dir),
         project=project,
         save_dir=save_dir,
         offline=resolved == "offline",
@@ -306,10 +338,23 @@ def _is_wandb_target(target: str) -> bool:
     return target.endswith(("make_wandb_logger", "WandbLogger"))
 
 
-def build_loggers(cfg: DictConfig) -> list[Logger]:
+def run_tags(cfg: DictConfig, synthetic: bool = False) -> list[str]:
+    """W&B tags of a run: the data name, the model, the loss (for a model trained on lists with
+    ``cfg.loss``) and ``synthetic`` when the store was generated."""
+    tags = [str(cfg.data.get("name", "data")), str(cfg.model.get("name", "model"))]
+    kind = scorer_kind(cfg.model)
+    if kind.fits and kind.trains_on == "lists":
+        tags.append(loss_name(cfg))
+    if synthetic:
+        tags.append("synthetic")
+    return list(dict.fromkeys(tags))
+
+
+def build_loggers(cfg: DictConfig, synthetic: bool = False) -> list[Logger]:
     """Instantiate every logger of ``cfg.logger`` (one node, a name → node mapping, or a list).
 
-    W&B loggers with ``group``/``name``/``job_type`` left null get them from :func:`run_names`.
+    W&B loggers with ``group``/``name``/``job_type`` left null get them from :func:`run_names`,
+    and :func:`run_tags` after their own ``tags`` (``synthetic``: the store was generated).
     """
     loggers: list[Logger] = []
     for where, node in _logger_nodes(cfg):
@@ -317,8 +362,25 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
         if _is_wandb_target(str(node.get("_target_", ""))):
             names = run_names(cfg)
             extra = {k: v for k, v in names.items() if node.get(k) is None}
+            own = [str(t) for t in (node.get("tags") or [])]
+            extra["tags"] = list(dict.fromkeys([*own, *run_tags(cfg, synthetic)]))
         loggers.append(instantiate(node, where=where, **extra))
     return loggers
+
+
+def logger_callbacks(loggers: Sequence[Logger]) -> list[Callback]:
+    """Callbacks that only make sense with a logger: the learning rate of every optimizer
+    (``lr-<Optimizer>``), which CSV, TensorBoard and W&B all record."""
+    return [LearningRateMonitor()] if loggers else []
+
+
+def log_interval(configured: int, batches_per_epoch: int) -> int:
+    """``Trainer.log_every_n_steps`` for an epoch of ``batches_per_epoch`` batches: the configured
+    value, capped so that an epoch logs the training loss about four times or more (Lightning's
+    default of 50 never logs a 40-batch epoch, and warns). 0 (no logging) stays 0."""
+    if configured <= 0:
+        return configured
+    return min(configured, max(1, batches_per_epoch // 4))
 
 
 def _wandb_loggers(loggers: Sequence[Logger]) -> list[Logger]:
@@ -327,11 +389,23 @@ def _wandb_loggers(loggers: Sequence[Logger]) -> list[Logger]:
     return [lg for lg in loggers if isinstance(lg, WandbLogger)]
 
 
-def log_config(loggers: Sequence[Logger], cfg: DictConfig) -> None:
-    """Log the resolved config (secrets scrubbed) as hyper-parameters of every logger."""
+def parameter_counts(module: Any) -> dict[str, int]:
+    """``{"params/total": n, "params/trainable": n}`` of a torch module."""
+    params = list(module.parameters())
+    return {
+        "params/total": sum(p.numel() for p in params),
+        "params/trainable": sum(p.numel() for p in params if p.requires_grad),
+    }
+
+
+def log_config(loggers: Sequence[Logger], cfg: DictConfig, module: Any = None) -> None:
+    """Log the resolved config (secrets scrubbed) as hyper-parameters of every logger, with the
+    ``module``'s parameter counts (:func:`parameter_counts`) when given."""
     if not loggers:
         return
     params = scrub_secrets(OmegaConf.to_container(cfg, resolve=True))
+    if module is not None:
+        params.update(parameter_counts(module))
     for lg in loggers:
         lg.log_hyperparams(params)
 
@@ -431,7 +505,7 @@ def _wandb_record_payloads(path: Path) -> list[bytes]:
 def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
     """What an offline W&B run directory (``wandb/offline-run-*``) recorded.
 
-    Returns ``{"run": {"id", "group", "name", "job_type", "project"}, "config": {key: value},
+    Returns ``{"run": {"id", "group", "name", "job_type", "project", "tags"}, "config": {key: value},
     "summary": {key: value}, "history_keys": set[str], "exit_code": int | None}`` decoded from its ``run-*.wandb`` file
     (values JSON-decoded; ``exit_code`` is None until the run's exit record is on disk — the
     W&B service may still be writing for a moment after ``wandb.finish()``). For inspection and tests; ``wandb sync`` is the way to upload.
@@ -465,6 +539,7 @@ def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
                 "name": r.display_name,
                 "job_type": r.job_type,
                 "project": r.project,
+                "tags": list(r.tags),
             }
             items = r.config.update
         elif kind == "config":

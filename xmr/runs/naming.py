@@ -40,6 +40,12 @@ def method_name(cfg: DictConfig) -> str:
         return str(cfg.method)
     if not scorer_kind(cfg.model).fits:
         return str(cfg.model.get("name", "scorer"))
+    return loss_name(cfg)
+
+
+def loss_name(cfg: DictConfig) -> str:
+    """The ``conf/loss`` option of the run's loss: the command line's choice, else the option
+    whose content (or, failing that, whose class) matches ``cfg.loss``, else the class name."""
     if HydraConfig.initialized():
         choice = HydraConfig.get().runtime.choices.get("loss")
         if choice:

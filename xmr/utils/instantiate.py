@@ -29,12 +29,14 @@ from typing import Any, TypeVar
 import hydra.utils
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from xmr.utils.errors import UserError
+
 ALLOWED_TARGET_PREFIXES: tuple[str, ...] = ("xmr.", "torch.", "lightning.")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config is invalid: names the config key and the rule it breaks."""
 
 

@@ -42,6 +42,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from xmr.utils.errors import UserError
+
 __all__ = [
     "WORK_STATE",
     "NoSpaceLeftError",
@@ -57,6 +59,7 @@ __all__ = [
     "remove_if_exists",
     "resume_work_dir",
     "stale_temp",
+    "write_once",
 ]
 
 #: The file of a work directory that records its format and inputs.
@@ -240,6 +243,28 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def write_once(path: str | Path, text: str) -> str:
+    """Create ``path`` holding ``text`` unless it exists; return what the file holds then.
+
+    The file appears complete or not at all (a hard link of a finished temporary sibling, which
+    fails when ``path`` exists), so concurrent writers (the ranks of one job) all read the text of
+    the first one."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temp_sibling(path)
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path.read_text(encoding="utf-8")
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(
         path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
@@ -367,7 +392,7 @@ def publish_dir(
 
 
 # ------------------------------------------------------------------------------------- work dirs
-class WorkDirMismatch(ValueError):
+class WorkDirMismatch(UserError, ValueError):
     """A work directory holds parts computed from other inputs (``differs``: the keys)."""
 
     def __init__(self, path: Path, differs: list[str]) -> None:
