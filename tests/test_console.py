@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import pytest
 from _compose import make_cfg, tiny_overrides
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 
 from xmr import cli
 from xmr.callbacks.progress import EpochRichProgressBar, EpochTQDMProgressBar
@@ -43,6 +44,7 @@ def argv_restored(monkeypatch):
     monkeypatch.delenv("XMR_DEBUG", raising=False)
     yield
     GlobalHydra.instance().clear()
+    HydraConfig.instance().cfg = None  # a run's config (its choices name later runs' methods)
 
 
 # -- help -----------------------------------------------------------------------------------------

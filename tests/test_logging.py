@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from _compose import make_cfg
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import open_dict
 
 from xmr.runs.loggers import (
@@ -236,12 +237,24 @@ def test_wandb_run_is_finished_even_when_the_job_fails(tiny_store, tmp_path, mon
 def test_a_resumed_job_continues_its_wandb_run_with_tags_and_parameter_count(
     tiny_store, tmp_path
 ) -> None:
-    # First launch: one epoch, stopped before testing (as a killed job would be: no results.json).
-    first = tiny_run(tiny_store, tmp_path, "logger=wandb", "test=false")
-    train(make_cfg(tmp_path, first, "job"))
-    # Second launch of the same run directory: resumes from last.ckpt to two epochs.
-    second = tiny_run(tiny_store, tmp_path, "logger=wandb", "trainer.max_epochs=2")
-    results = train(make_cfg(tmp_path, second, "job"))
+    # First launch: killed after its first epoch's checkpoint (no results.json).
+    job = tiny_run(tiny_store, tmp_path, "logger=wandb", "trainer.max_epochs=2")
+    end_of_epoch = ModelCheckpoint.on_train_epoch_end
+
+    class Killed(BaseException):
+        pass
+
+    def killed(self, trainer, pl_module):  # noqa: ANN001, ANN202
+        end_of_epoch(self, trainer, pl_module)
+        if trainer.current_epoch == 0 and str(self.dirpath).endswith("checkpoints"):
+            raise Killed
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ModelCheckpoint, "on_train_epoch_end", killed)
+        with pytest.raises(Killed):
+            train(make_cfg(tmp_path, job, "job"))
+    # Second launch of the same command: resumes from last.ckpt to two epochs.
+    results = train(make_cfg(tmp_path, job, "job"))
     assert results["epochs_run"] == 2
     runs = [_read_finished(d) for d in _run_dirs(tmp_path / "job")]
     assert len(runs) == 2, "each launch writes its offline part"
@@ -251,7 +264,10 @@ def test_a_resumed_job_continues_its_wandb_run_with_tags_and_parameter_count(
         assert {"synthetic_tiny", "ranker", "listnet", "synthetic"} <= set(run["run"]["tags"])
         assert run["config"]["params/trainable"] == run["config"]["params/total"] > 0
     # per-step training loss (several points per epoch) and the learning rate
-    assert {"train/loss_step", "lr-Adam", "train/loss"} <= runs[0]["history_keys"]
+    assert {"train/loss_step", "lr-Adam", "train/loss"} <= runs[0]["history_keys"] | runs[1][
+        "history_keys"
+    ]
+    assert {"train/loss_step", "lr-Adam"} <= runs[0]["history_keys"]
 
 
 def test_wandb_run_id_is_written_once_per_run_dir(tmp_path) -> None:

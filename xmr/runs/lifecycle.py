@@ -80,7 +80,10 @@ FAILED_FILE = "failed.json"
 def output_dir_of(cfg: DictConfig) -> Path:
     """The run directory: Hydra's output dir when running under Hydra, else ``paths.output_dir``."""
     if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
+        # Hydra's global config may be set without a run (compose, --help): then paths decides.
+        out = OmegaConf.select(HydraConfig.get(), "runtime.output_dir", default=None)
+        if out:
+            return Path(str(out))
     return Path(str(cfg.paths.output_dir))
 
 

@@ -206,15 +206,30 @@ def make_wandb_logger(
 
 
 # -- CSV ---------------------------------------------------------------------------------------
-def _row_epoch(row: Mapping[str, Any]) -> float | None:
-    """A row's ``epoch`` (None when it has none, or the row is torn: a value missing)."""
+def _row_value(row: Mapping[str, Any], key: str) -> float | None:
+    """A row's ``epoch`` or ``step`` (None when it has none, or the row is torn: a value
+    missing)."""
     if any(v is None for v in row.values()):
         return None
     try:
-        epoch = float(row.get("epoch", ""))
+        value = float(row.get(key, ""))
     except (TypeError, ValueError):
         return None
-    return epoch if math.isfinite(epoch) else None
+    return value if math.isfinite(value) else None
+
+
+def _row_epoch(row: Mapping[str, Any]) -> float | None:
+    return _row_value(row, "epoch")
+
+
+def _before(row: Mapping[str, Any], epoch: float, step: float) -> bool:
+    """Whether an earlier attempt's ``row`` comes before what this process logs from (``epoch``,
+    ``step``): by its epoch, or by its step for rows logged without one (the learning rate)."""
+    e = _row_epoch(row)
+    if e is not None:
+        return e < epoch
+    s = _row_value(row, "step")
+    return s is not None and s < step
 
 
 def _csv_text(keys: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
@@ -246,11 +261,12 @@ class _ResumedCSVWriter(ExperimentWriter):
             super().save()
             return
         epochs = [e for e in map(_row_epoch, self.metrics) if e is not None]
-        start = min(epochs) if epochs else math.inf
+        steps = [s for r in self.metrics if (s := _row_value(r, "step")) is not None]
+        start, first_step = min(epochs, default=math.inf), min(steps, default=math.inf)
         kept = [
             {k: v for k, v in r.items() if v not in ("", None)}  # columns it has values in
             for r in self._earlier
-            if (e := _row_epoch(r)) is not None and e < start
+            if _before(r, start, first_step)
         ]
         self._earlier = None
         keys = {k for r in kept for k in r}
