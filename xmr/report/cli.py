@@ -21,10 +21,17 @@ averaged per query) and writes nothing. Jobs that failed
 or never finished (:mod:`xmr.report.collect`) are listed in a section of their own and counted
 in the ``runs`` column (``4 of 5``). WARNING lines are also written to stderr.
 
+CLIP cosine is always there: when no run below ROOT is a ``model=cosine`` run, the report
+evaluates it on the runs' store and test lists, in both protocols, into ``OUT/clip_cosine``
+(exactly what such a run records; :mod:`xmr.report.baseline`) and says so under the title;
+``--no-baseline`` leaves it out.
+
 Files written to ``--out`` (default ROOT): ``table.md`` (tables, probe, significance,
 failed/missing jobs), ``table.csv`` (both protocols, one line per row), ``table.tex`` (both
 tables), ``significance.csv``, ``recall_at_k.png``, ``validation_curves.png`` and
-``report.html`` (self-contained, see :mod:`xmr.report.html`).
+``report.html`` (self-contained, see :mod:`xmr.report.html`). The command prints ``table.md``,
+then a few summary lines (:mod:`xmr.report.summary`): what it wrote, the runs it read, and the
+best full-gallery row against CLIP cosine.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from xmr.report.baseline import ensure_baseline
 from xmr.report.collect import collect, collect_unfinished
 from xmr.report.construction import full_construction, list_construction, probe_lines, probes
 from xmr.report.curves import CURVE_MAX_K, baseline_reference, histories, recall_curves
@@ -58,15 +66,15 @@ from xmr.report.significance import (
     gain_warnings,
     significance,
 )
+from xmr.report.summary import summary_lines
 from xmr.report.table import Report, full_gallery_deltas, recall_definition, table
+from xmr.utils.console import quiet_library_noise
 from xmr.utils.io import atomic_write_text
 
 
-def load_rows(
-    root: str | Path, recall: str = "hit", ks: tuple[int, ...] = (1, 5, 10)
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    """(finished runs, failed / missing jobs, table rows) of the sweep below ``root``."""
-    recall_definition(recall)
+def collect_jobs(root: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(finished runs, failed / missing jobs) below ``root``; raises FileNotFoundError when it
+    holds neither."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such directory (give a sweep's output directory)")
@@ -74,6 +82,15 @@ def load_rows(
     unfinished = collect_unfinished(root)
     if not runs and not unfinished:
         raise FileNotFoundError(f"{root}: no results.json (and no job directories) below it")
+    return runs, unfinished
+
+
+def load_rows(
+    root: str | Path, recall: str = "hit", ks: tuple[int, ...] = (1, 5, 10)
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """(finished runs, failed / missing jobs, table rows) of the sweep below ``root``."""
+    recall_definition(recall)
+    runs, unfinished = collect_jobs(root)
     return runs, unfinished, table(runs, ks, recall, unfinished)
 
 
@@ -84,13 +101,22 @@ def build_report(
     n_resamples: int = N_RESAMPLES,
     seed: int = 0,
     test: str = DEFAULT_TEST,
+    baseline_out: str | Path | None = None,
 ) -> Report:
     """Collect the runs below ``root`` and derive the table, significance (the paired ``test``),
-    curves, histories."""
+    curves, histories. ``baseline_out``: when no run is CLIP cosine, evaluate it into
+    ``<baseline_out>/clip_cosine`` (:func:`xmr.report.baseline.ensure_baseline`; ``xmr report``
+    passes ``--out``); None evaluates nothing."""
     if test not in TESTS:
         raise ValueError(f"test={test!r}: one of {', '.join(TESTS)}")
+    recall_definition(recall)
     root = Path(root)
-    runs, unfinished, rows = load_rows(root, recall, ks)
+    runs, unfinished = collect_jobs(root)
+    note = ""
+    if baseline_out is not None:
+        baseline = ensure_baseline(runs, baseline_out)
+        runs, note = baseline.runs, baseline.note
+    rows = table(runs, ks, recall, unfinished)
     records = adjust_holm(
         full_gallery_significance(rows, 1, n_resamples, seed, test)
         + first_stage_significance(rows, 1, n_resamples, seed, test)
@@ -116,6 +142,7 @@ def build_report(
         n_resamples=n_resamples,
         seed=seed,
         test=test,
+        baseline_note=note,
     )
 
 
@@ -169,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = report_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s][%(levelname)s] %(message)s")
+    quiet_library_noise()
     test = {"n_resamples": args.resamples, "seed": args.seed, "test": args.test}
     try:
         if args.compare:
@@ -176,22 +204,23 @@ def main(argv: list[str] | None = None) -> None:
             records = compare_rows(rows, *args.compare, recall=args.recall, **test)
             print(comparison_markdown(records, *args.compare, **test))
             return
-        report = build_report(args.root, args.recall, **test)
+        out = args.out or args.root
+        baseline_out = None if args.no_baseline else out
+        report = build_report(args.root, args.recall, **test, baseline_out=baseline_out)
     except (FileNotFoundError, ValueError, KeyError) as err:
         raise SystemExit(f"xmr report: {err.args[0] if err.args else err}") from err
     written = write_report(
         report,
-        args.out or args.root,
+        out,
         images=args.images,
         plots=not args.no_plots,
         html=not args.no_html,
         gallery=args.gallery,
     )
     print(report_markdown(report))
-    for path in written.values():
-        print(f"wrote {path}")
     for line in report.warnings:
         print(line, file=sys.stderr)
+    print("\n".join(summary_lines(report, written)), flush=True)
 
 
 if __name__ == "__main__":

@@ -50,4 +50,10 @@ def report_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gallery", type=int, default=6, help="gallery queries per direction")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--no-html", action="store_true", help="skip report.html")
+    parser.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="when no run below ROOT is CLIP cosine, leave it out instead of evaluating it "
+        "(into OUT/clip_cosine) on the runs' store and test lists",
+    )
     return parser

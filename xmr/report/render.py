@@ -584,7 +584,8 @@ def report_markdown(report: Report) -> str:
         [
             "# xmr report" + (" — SYNTHETIC data" if report.synthetic else ""),
             "",
-            f"Runs below `{report.root}`.",
+            f"Runs below `{report.root}`."
+            + (f" {report.baseline_note}" if report.baseline_note else ""),
             "",
             "## Full-gallery protocol",
             "",

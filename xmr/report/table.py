@@ -203,6 +203,9 @@ class Report:
     histories: dict[str, list[list[dict[str, Any]]]] = field(default_factory=dict)
     #: CLIP cosine's validation values, the validation plot's reference lines.
     val_reference: dict[str, float] = field(default_factory=dict)
+    #: What the report says about its CLIP-cosine row when no run below ROOT provides it
+    #: (evaluated by ``xmr report``, or why not: :mod:`xmr.report.baseline`); ``""`` otherwise.
+    baseline_note: str = ""
 
     @property
     def warnings(self) -> list[str]:

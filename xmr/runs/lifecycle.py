@@ -12,6 +12,7 @@
 - :func:`begin_attempt` — a run directory made ready for an attempt that (re)does the run;
 - :func:`write_failure` — ``failed.json`` of a run that raised;
 - :func:`test_record` — test a module and assemble its results record;
+- :func:`build_run` — the data module and module a config is tested with;
 - :func:`restore_run` — a finished run rebuilt from its ``config.yaml`` and checkpoint
   (:func:`run_checkpoint`: the one its ``results.json`` names).
 
@@ -346,6 +347,20 @@ def run_checkpoint(run_dir: str | Path) -> Path:
     return path
 
 
+def build_run(cfg: DictConfig, *, prepare: bool = True) -> tuple[XMRDataModule, RankingModule]:
+    """The data module (set up) and module of ``cfg``, validated like a new run and seeded: what
+    a run is tested with. ``prepare``: generate a missing synthetic store and mine missing lists
+    first (``XMRDataModule.prepare_data``); ``False`` uses only what is on disk (a missing store
+    or lists directory raises its :class:`~xmr.utils.errors.UserError`)."""
+    validate_config(cfg)
+    L.seed_everything(int(cfg.seed), workers=True)
+    dm: XMRDataModule = instantiate(cfg.data, where="data")
+    if prepare:
+        dm.prepare_data()
+    dm.setup()
+    return dm, build_module(cfg, dm)
+
+
 def restore_run(
     run_dir: str | Path, overrides: list[str] | None = None, ckpt: str | Path | None = None
 ) -> RestoredRun:
@@ -359,12 +374,7 @@ def restore_run(
     cfg: DictConfig = OmegaConf.load(cfg_path)  # type: ignore[assignment]
     if overrides:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))  # type: ignore[assignment]
-    validate_config(cfg)
-    L.seed_everything(int(cfg.seed), workers=True)
-    dm: XMRDataModule = instantiate(cfg.data, where="data")
-    dm.prepare_data()
-    dm.setup()
-    module = build_module(cfg, dm)
+    dm, module = build_run(cfg)
     ckpt_path: Path | None = Path(ckpt) if ckpt else None
     if ckpt_path is None and scorer_kind(cfg.model).fits:
         ckpt_path = run_checkpoint(run_dir)
