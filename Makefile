@@ -11,9 +11,13 @@ REPORT_ROOT ?= $(DEMO_DIR)
 REPORT_OUT ?= $(REPORT_ROOT)
 # Photo folder for the HTML gallery (optional): make report REPORT_IMAGES=../shared/data/flickr8k-1k/images
 REPORT_IMAGES ?=
+# The analysis notebook: the runs root it reads (what `xmr report` reads) and where the executed
+# analysis.ipynb and its plots go.
+NOTEBOOK_ROOT ?= $(REPORT_ROOT)
+NOTEBOOK_OUT ?= $(NOTEBOOK_ROOT)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast demo report reproduce lint format clean bench
+.PHONY: help install test test-fast demo report notebook reproduce lint format clean bench
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -47,6 +51,9 @@ demo: install ## SYNTHETIC demo: store, lists, 4 losses + DCCA/CMPM/VSE++/InfoNC
 report: install ## Table 2 (md/csv/tex), significance, plots, report.html: REPORT_ROOT=sweep dir
 	$(BIN)/xmr report $(REPORT_ROOT) --out $(REPORT_OUT) $(if $(REPORT_IMAGES),--images $(REPORT_IMAGES))
 
+notebook: install ## execute notebooks/analysis.py as a notebook on NOTEBOOK_ROOT -> NOTEBOOK_OUT/analysis.ipynb
+	$(BIN)/python notebooks/run.py $(NOTEBOOK_ROOT) --out $(NOTEBOOK_OUT)
+
 reproduce: install ## the paper's pipeline: mine, 4 losses x 5 seeds + baselines, report (REPRO_EPOCHS=1 REPRO_SEEDS=1: quick)
 	$(BIN)/python -m xmr.reproduce
 
@@ -54,12 +61,12 @@ bench: install ## performance figures (SYNTHETIC paper-scale store; prints numbe
 	$(BIN)/python benchmarks/run_all.py --threads 1
 
 lint: install ## ruff lint + format check
-	$(BIN)/ruff check xmr tests
-	$(BIN)/ruff format --check xmr tests
+	$(BIN)/ruff check xmr tests notebooks
+	$(BIN)/ruff format --check xmr tests notebooks
 
 format: install ## ruff format + autofix
-	$(BIN)/ruff format xmr tests
-	$(BIN)/ruff check --fix xmr tests
+	$(BIN)/ruff format xmr tests notebooks
+	$(BIN)/ruff check --fix xmr tests notebooks
 
 clean: ## remove generated data, logs and caches (keeps .venv)
 	rm -rf data logs outputs multirun .pytest_cache .ruff_cache

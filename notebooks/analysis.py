@@ -14,8 +14,9 @@
 # %% [markdown]
 # # xmr: analysis of a sweep
 #
-# Loads a report directory (a sweep's output tree: `results.json`, `predictions_*.npz` and
-# `metrics.jsonl` of every job) and shows
+# Reads the **runs root** of a sweep — the directory `xmr report ROOT` takes, holding every
+# job's `results.json`, `predictions_*.npz` and `metrics.jsonl` below it (not a report that
+# `xmr report --out` wrote) — and shows
 #
 # 1. the full-gallery table, Table 2 (list protocol, mean ± std over seeds) with the leakage
 #    probe of its lists, and the significance test against CLIP cosine on both protocols,
@@ -24,9 +25,16 @@
 #    cosine's top-1 (cosine wrong, ranker right) or **breaks** it (cosine right, ranker wrong),
 #    with the caption text.
 #
-# Set `XMR_REPORT_DIR` to the directory (default: the demo's `logs/demo`). This file is a
-# jupytext percent-format notebook: `jupytext --to ipynb notebooks/analysis.py` makes the
-# `.ipynb`, and `python notebooks/analysis.py` runs it headless (plots go to files then).
+# Environment: `XMR_RUNS_ROOT` = the runs root (default: the demo's `logs/demo`),
+# `XMR_NOTEBOOK_OUT` = where its plots go (default: the runs root), `XMR_RESAMPLES` = resamples
+# of the significance test (default 10,000).
+#
+# This file is a jupytext percent-format notebook. `python notebooks/run.py RUNS_ROOT --out DIR`
+# executes it as a notebook (jupytext → nbformat → nbclient, an ipykernel kernel of the same
+# Python; needs the `dev` extra) and saves `DIR/analysis.ipynb` with its outputs: tables
+# rendered from Markdown, plots inline. `jupytext --to ipynb notebooks/analysis.py` makes an
+# unexecuted `.ipynb` to open in Jupyter. `python notebooks/analysis.py` still runs it as a plain
+# script (tables printed as Markdown text, plots only to files).
 
 # %%
 import os
@@ -47,29 +55,62 @@ from xmr.report.render import full_gallery_markdown, significance_markdown, to_m
 from xmr.report.significance import align_predictions
 from xmr.report.table import BASELINE
 
-REPORT_DIR = Path(os.environ.get("XMR_REPORT_DIR", "logs/demo"))
-OUT_DIR = Path(os.environ.get("XMR_NOTEBOOK_OUT", REPORT_DIR))
+IN_KERNEL = "ipykernel" in sys.modules
+if "XMR_RUNS_ROOT" not in os.environ and "XMR_REPORT_DIR" in os.environ:
+    print("XMR_REPORT_DIR is read as XMR_RUNS_ROOT (its new name: the runs root, not --out)")
+RUNS_ROOT = Path(os.environ.get("XMR_RUNS_ROOT") or os.environ.get("XMR_REPORT_DIR", "logs/demo"))
+OUT_DIR = Path(os.environ.get("XMR_NOTEBOOK_OUT") or RUNS_ROOT)
 RESAMPLES = int(os.environ.get("XMR_RESAMPLES", "10000"))
-report = build_report(REPORT_DIR, recall="hit", n_resamples=RESAMPLES)
-print(f"{REPORT_DIR}: {len(report.runs)} finished runs, {len(report.unfinished)} failed/missing")
-if report.synthetic:
-    print("SYNTHETIC data: these runs used a generated store, not real images and captions.")
+
+
+def show(markdown: str) -> None:
+    """Markdown (tables, lists) rendered in a notebook; printed as text by a plain script."""
+    if not markdown.strip():
+        return
+    if IN_KERNEL:
+        from IPython.display import Markdown, display
+
+        display(Markdown(markdown))
+    else:
+        print(markdown)
+
+
+def cell(text: object) -> str:
+    """``text`` as one cell of a Markdown table (its pipes, markup and line breaks escaped)."""
+    escaped = "".join("\\" + ch if ch in "\\`*_[]<>|#" else ch for ch in str(text))
+    return " ".join(escaped.split())
+
+
+def markdown_table(head: list[str], body: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in body])
+
+
+report = build_report(RUNS_ROOT, recall="hit", n_resamples=RESAMPLES)
+show(
+    f"Runs root `{RUNS_ROOT}`: {len(report.runs)} finished runs, "
+    f"{len(report.unfinished)} failed/missing."
+    + (
+        "\n\n**SYNTHETIC data**: these runs used a generated store, not real images and captions."
+        if report.synthetic
+        else ""
+    )
+)
 
 # %% [markdown]
 # ## Full-gallery protocol, Table 2 and significance
 
 # %%
-print(full_gallery_markdown(report.rows, report.ks, report.full_construction))
-print(to_markdown(report.rows, report.ks, report.recall, report.list_construction))
-print("\n".join(report.probe_lines + report.probe_warnings))
-print(
+show(full_gallery_markdown(report.rows, report.ks, report.full_construction))
+show(to_markdown(report.rows, report.ks, report.recall, report.list_construction))
+show("\n".join(report.probe_lines + report.probe_warnings))
+show(
     significance_markdown(
         report.significance, n_resamples=report.n_resamples, seed=report.seed, test=report.test
     )
 )
-print("\n".join(report.gain_warnings))
-for job in report.unfinished:
-    print(f"{job['status']}: {job['_dir']}")
+show("\n\n".join(report.gain_warnings))
+show("\n".join(f"- {job['status']}: `{job['_dir']}`" for job in report.unfinished))
 
 # %% [markdown]
 # ## Recall@K curves
@@ -116,7 +157,8 @@ def describe(store: FeatureStore | None, item: int, kind: str) -> str:
     return f"[{store.images()[item]}] {store.captions()[first]}"
 
 
-analysis = {}
+summary: list[list[object]] = []  # one row per direction
+examples: list[list[object]] = []  # a few fixed and broken queries per direction
 for direction in TABLE_ORDER:
     rankers = [
         (row.get(f"{direction}/R@1", (-1.0, 0.0))[0], name, row)
@@ -124,46 +166,71 @@ for direction in TABLE_ORDER:
         if row["method"] != BASELINE and row["runs"]
     ]
     if not rankers or not baseline_runs:
-        print(f"{direction}: needs a ranker and a CLIP-cosine run")
+        show(f"{direction}: needs a ranker and a CLIP-cosine run.")
         continue
     _, name, row = max(rankers, key=lambda t: t[0])
     run = min(row["runs"], key=lambda r: str(r.get("seed")))
     pred, base = run_predictions(run, direction), run_predictions(baseline_runs[0], direction)
     if pred is None or base is None or (pair := align_predictions(pred, base)) is None:
-        print(f"{direction}: no comparable predictions")
+        show(f"{direction}: no comparable predictions.")
         continue
     a, b = pair
     ranker_ok = pred["labels"][a, 0] > 0  # (Q,) top-1 is relevant
     cosine_ok = base["labels"][b, 0] > 0  # (Q,)
     fixes = np.flatnonzero(ranker_ok & ~cosine_ok)
     breaks = np.flatnonzero(~ranker_ok & cosine_ok)
-    analysis[direction] = {"ranker": name, "fixes": len(fixes), "breaks": len(breaks)}
+    summary.append(
+        [
+            direction,
+            name,
+            run.get("seed"),
+            len(a),
+            int((ranker_ok & cosine_ok).sum()),
+            len(fixes),
+            len(breaks),
+            int((~ranker_ok & ~cosine_ok).sum()),
+        ]
+    )
     store_path = (run.get("store") or {}).get("path")
     if store_path and store_path not in stores:
         try:
             stores[store_path] = FeatureStore.open(store_path, check_norms=False)
         except Exception as err:  # the analysis still runs on ids
-            print(f"store {store_path} not readable here: {err}")
+            show(f"Store `{store_path}` not readable here: {err}")
     store = stores.get(store_path)
     q_kind, c_kind = ("text", "image") if direction == "t2i" else ("image", "text")
-    print(
-        f"\n== {direction} ({DIRECTION_TITLES[direction]}): {name} (seed {run.get('seed')}) vs CLIP cosine"
-    )
-    print(
-        f"queries: {len(a)}; both right {int((ranker_ok & cosine_ok).sum())}, "
-        f"ranker fixes {len(fixes)}, ranker breaks {len(breaks)}, "
-        f"both wrong {int((~ranker_ok & ~cosine_ok).sum())}"
-    )
     for label, idx in (("fixes", fixes), ("breaks", breaks)):
         for i in idx[:3]:
-            q = int(pred["query"][a[i]])
-            print(f"  {label}: query {describe(store, q, q_kind)!r}")
-            print(
-                f"     ranker top-1: {describe(store, int(pred['candidates'][a[i], 0]), c_kind)!r}"
+            examples.append(
+                [
+                    direction,
+                    label,
+                    describe(store, int(pred["query"][a[i]]), q_kind),
+                    describe(store, int(pred["candidates"][a[i], 0]), c_kind),
+                    describe(store, int(base["candidates"][b[i], 0]), c_kind),
+                ]
             )
-            print(
-                f"     cosine top-1: {describe(store, int(base['candidates'][b[i], 0]), c_kind)!r}"
-            )
+
+# %% [markdown]
+# Top-1 of the test queries, the ranker (best row by mean R@1, lowest seed) against CLIP cosine:
+# "fixes" = cosine wrong and ranker right, "breaks" = cosine right and ranker wrong.
+
+# %%
+SUMMARY_HEAD = [
+    "direction",
+    "ranker",
+    "seed",
+    "queries",
+    "both right",
+    "ranker fixes",
+    "ranker breaks",
+    "both wrong",
+]
+show(markdown_table(SUMMARY_HEAD, summary) if summary else "No direction to compare.")
+
+# %%
+EXAMPLES_HEAD = ["direction", "case", "query", "ranker top-1", "cosine top-1"]
+show(markdown_table(EXAMPLES_HEAD, examples) if examples else "No query fixed or broken.")
 
 # %% [markdown]
 # ## Validation curves
@@ -180,4 +247,3 @@ ax.set_ylabel("val/rsum")
 ax.legend(fontsize=8)
 fig.savefig(OUT_DIR / "notebook_validation.png", dpi=90, bbox_inches="tight")
 plt.show()
-print("analysis:", analysis)

@@ -91,7 +91,8 @@ def test_extract_help_lists_only_its_own_config(capsys) -> None:
     text = capsys.readouterr().out
     groups = text.split("Config groups", 1)[1].split("\n\n", 1)[0]
     listed = [line.split()[0] for line in groups.splitlines()[1:] if line.strip()]
-    assert listed == ["paths"]
+    assert listed == ["encoder", "paths"]
+    assert "tiny_random   (none chosen)" in groups  # the offline trial run's model
     assert "annotations: ???" in text and "loss" not in groups and "+sweep" not in text
 
 

@@ -1,14 +1,18 @@
 """``xmr extract`` end to end on real photos with a tiny randomly initialised open_clip model.
 
-No weights are downloaded: the model is a custom 2-layer ViT / 2-layer text transformer
-(``pretrained=null``), so the features are random projections of real photos and captions; the
-tests check the machinery (shapes, norms, determinism, resume, provenance, errors), not quality.
+No weights are downloaded: the model is the shipped ``conf/encoder/tiny_random.yaml``
+architecture, a custom 2-layer ViT / 2-layer text transformer (``pretrained=null``), so the
+features are random projections of real photos and captions; the tests check the machinery
+(shapes, norms, determinism, resume, provenance, errors), not quality. The offline trial run of
+docs/real_data.md (``xmr extract encoder=tiny_random ...``) is run as documented.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -16,24 +20,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from xmr.data.adapters import DatasetError
 from xmr.data.store import FeatureStore
 from xmr.extract import ExtractError, load_open_clip, run_extraction, work_dir_for
+from xmr.zeroshot import main as zeroshot_main
 
 REPO = Path(__file__).resolve().parents[1]
 FLICKR8K = REPO.parent / "shared" / "data" / "flickr8k-1k"
 SHARED_STORE = FLICKR8K / "features" / "zeroshot-bridge"
 
-#: A tiny open_clip architecture: 64-d joint space, 64x64 images in 16x16 patches, captions cut to
-#: 16 tokens (the text tower dominates the CPU time).
-TINY = {
-    "embed_dim": 64,
-    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
+#: The shipped tiny open_clip model (``xmr extract encoder=tiny_random``).
+TINY_RANDOM = yaml.safe_load((REPO / "conf" / "encoder" / "tiny_random.yaml").read_text())
+#: Its architecture: 64-d joint space, 64x64 images in 16x16 patches, captions cut to 16 tokens
+#: (the text tower dominates the CPU time).
+TINY = TINY_RANDOM["config"]
 TINY_NAME = "xmr-tiny-test"
 
 
@@ -300,3 +304,53 @@ def test_cli_entry_point(shared: Path, tmp_path: Path) -> None:
     fs = FeatureStore.open(out)
     assert fs.num_images == 12 and fs.manifest["encoder"]["model_config"] == TINY
     assert fs.manifest["encoder"]["sources"]["split"] == {"fractions": [0.6, 0.2, 0.2], "seed": 0}
+
+
+def _documented_trial_run() -> list[str]:
+    """The ``xmr extract`` overrides of docs/real_data.md's offline trial run, as documented."""
+    text = (REPO / "docs" / "real_data.md").read_text(encoding="utf-8")
+    (block,) = [
+        b for b in re.findall(r"```bash\n(.*?)```", text, re.S) if "encoder=tiny_random" in b
+    ]
+    command = block.replace("\\\n", " ").splitlines()[0]
+    words = shlex.split(command)
+    assert words[:3] == ["xmr", "extract", "encoder=tiny_random"], words
+    return words[2:]
+
+
+def test_tiny_random_encoder_is_a_random_init_custom_model() -> None:
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("extract", overrides=["encoder=tiny_random", "out=x", "annotations=a"])
+    model = cfg.model
+    assert model.name == "xmr-tiny-random" and model.pretrained is None
+    assert model.checkpoint is None and model.config is not None
+    assert model.init_seed == 0 and model.precision == "fp32"  # the rest of conf/extract.yaml
+    assert TINY["embed_dim"] == 64 and TINY["text_cfg"]["context_length"] == 16
+
+
+def test_offline_trial_run_as_documented(
+    shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """docs/real_data.md's offline recipe, run from the repository root with ../shared beside it
+    (``out`` moved to a temporary directory): 100 real photos through the shipped tiny
+    random-init model, then ``xmr eval-zeroshot`` warns and names the gallery sizes."""
+    overrides = _documented_trial_run()
+    assert any(o.startswith("annotations=../shared/") for o in overrides)
+    out = tmp_path / "store"
+    overrides = [f"out={out}" if o.startswith("out=") else o for o in overrides]
+    monkeypatch.chdir(REPO)  # the documented relative paths
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("extract", overrides=[*overrides, "progress=false"])
+    fs = FeatureStore.open(run_extraction(cfg))
+    enc = fs.manifest["encoder"]
+    assert enc["random_init"] is True and enc["pretrained"] is None and fs.random_init
+    assert enc["model"] == "xmr-tiny-random" and enc["model_config"] == TINY
+    assert (fs.num_images, fs.num_texts, fs.image_dim) == (100, 500, 64)
+    assert fs.manifest["splits"] == {"train": 80, "val": 10, "test": 10}
+    capsys.readouterr()
+    zeroshot_main([f"store={out}"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "(random init)" in lines[0] and lines[1].startswith("WARNING:")
+    assert "RANDOMLY INITIALISED" in lines[1] and "meaningless" in lines[1]
+    assert lines[2].endswith("(10 test images over 50 test captions)")
+    assert lines[3].endswith("(50 test captions over 10 test images)")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from xmr.data.store import FeatureStore
+from xmr.data.store import FeatureStore, write_store
 from xmr.metrics.zeroshot import full_gallery_recall, store_split_recall
+from xmr.zeroshot import main as zeroshot_main
 
 KS = (1, 2, 5, 10)
 
@@ -147,3 +149,84 @@ def test_real_zeroshot_bridge_test_split(shared_data: Path) -> None:
     # A weak but real zero-shot encoder: well above chance (1% t2i R@1, 5% i2t R@1 among 100).
     assert r["t2i"]["recall@1"] > 0.05
     assert r["t2i"]["recall@10"] > 0.3
+
+
+# ------------------------------------------------------------------ xmr eval-zeroshot's lines
+
+
+def _encoded_store(root: Path, encoder: dict) -> Path:
+    """6 train, 3 val (one without captions), 4 test images; 2 captions per captioned image."""
+    rng = np.random.default_rng(0)
+    split = [0] * 6 + [1] * 3 + [2] * 4
+    captioned = [i for i in range(13) if i != 8]  # val image 8 has no caption
+    text_image = np.repeat(captioned, 2)
+    return write_store(
+        root,
+        image_emb=rng.normal(size=(13, 8)),
+        text_emb=rng.normal(size=(text_image.size, 8)),
+        text_image=text_image,
+        image_split=split,
+        images=[f"img{i}.jpg" for i in range(13)],
+        captions=[f"caption {t}" for t in range(text_image.size)],
+        encoder=encoder,
+        joint_space=True,
+    )
+
+
+RANDOM = {"name": "open_clip", "model": "xmr-tiny-random", "pretrained": None, "random_init": True}
+PRETRAINED = {
+    "name": "open_clip",
+    "model": "ViT-B-32",
+    "pretrained": "openai",
+    "random_init": False,
+}
+
+
+@pytest.mark.parametrize(
+    ("encoder", "random_init"),
+    [
+        (RANDOM, True),
+        (PRETRAINED, False),
+        # a manifest written before `random_init` was recorded: no tag and no checkpoint
+        ({"name": "open_clip", "model": "RN50", "pretrained": None, "checkpoint": None}, True),
+        ({"name": "open_clip", "model": "RN50", "pretrained": None, "checkpoint": "/w.pt"}, False),
+        ({"name": "zeroshot-bridge"}, False),
+    ],
+)
+def test_random_init_store_is_recognised(tmp_path: Path, encoder: dict, random_init: bool) -> None:
+    assert FeatureStore.open(_encoded_store(tmp_path / "s", encoder)).random_init is random_init
+
+
+def test_eval_zeroshot_warns_on_a_random_init_store_and_names_the_galleries(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    store = _encoded_store(tmp_path / "s", RANDOM)
+    zeroshot_main([f"store={store}", "ks=1,2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("encoder=open_clip xmr-tiny-random (random init)")
+    assert lines[1].startswith("WARNING:") and "RANDOMLY INITIALISED" in lines[1]
+    assert "meaningless" in lines[1]
+    assert lines[2].startswith("  i2t: R@1=") and lines[2].endswith(
+        "(4 test images over 8 test captions)"
+    )
+    assert lines[3].startswith("  t2i: R@1=") and lines[3].endswith(
+        "(8 test captions over 4 test images)"
+    )
+    result = json.loads(lines[4])
+    assert result["sizes"] == {
+        "i2t": {"queries": 4, "gallery": 8},
+        "t2i": {"queries": 8, "gallery": 4},
+    }
+    assert result["t2i"] == store_split_recall(FeatureStore.open(store), "test", ks=(1, 2))["t2i"]
+
+
+def test_eval_zeroshot_of_pretrained_features_has_no_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    store = _encoded_store(tmp_path / "s", PRETRAINED)
+    zeroshot_main([f"store={store}", "split=val"])
+    out = capsys.readouterr().out
+    assert "WARNING" not in out and "encoder=open_clip ViT-B-32 (openai)" in out
+    # An image without a caption is no i2t query, but stays in the t2i gallery.
+    assert "(2 val images over 4 val captions)" in out
+    assert "(4 val captions over 3 val images)" in out

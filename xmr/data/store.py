@@ -503,6 +503,19 @@ class FeatureStore:
         return bool(self.manifest.get("encoder", {}).get("synthetic", False))
 
     @property
+    def random_init(self) -> bool:
+        """True when the store's encoder had random weights: ``xmr extract`` with
+        ``model.pretrained=null`` records ``encoder.random_init: true``; an open_clip encoder with
+        neither a pretrained tag nor a checkpoint counts too. Its features carry no retrieval
+        signal."""
+        enc = self.manifest.get("encoder", {})
+        if "random_init" in enc:
+            return bool(enc["random_init"])
+        return enc.get("name") == "open_clip" and not (
+            enc.get("pretrained") or enc.get("checkpoint")
+        )
+
+    @property
     def text_split(self) -> np.ndarray:
         """``(N_txt,)`` uint8: the split code of each caption's image."""
         return self.image_split[self.text_image]

@@ -1,4 +1,4 @@
-"""PNG plots for ``xmr report`` (matplotlib, Agg backend: no display needed).
+"""PNG plots for ``xmr report`` (matplotlib figures without pyplot: no display needed).
 
 * :func:`plot_recall_curves` — mean Recall@K for K = 1..50 per row, one panel per direction,
   computed from the runs' test predictions files (:func:`xmr.report.curves.recall_curves`).
@@ -10,7 +10,9 @@
   where its run recorded one (:func:`xmr.report.curves.baseline_reference`), else the figure
   says there is none.
 
-Each row keeps one colour in both figures (``order``: the report's rows).
+Each row keeps one colour in both figures (``order``: the report's rows). The figures are
+``matplotlib.figure.Figure`` objects drawn by Agg when saved: importing this module leaves the
+process's matplotlib backend alone (a notebook that imports ``xmr.report`` keeps inline plots).
 """
 
 from __future__ import annotations
@@ -19,23 +21,20 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")  # before pyplot: headless, also under CI and in tests
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from xmr.data.store import DIRECTION_TITLES, TABLE_ORDER  # noqa: E402
-from xmr.report.curves import TRAIN_LOSS, VAL_KEYS, train_loss_points  # noqa: E402
-from xmr.report.table import BASELINE  # noqa: E402
-from xmr.utils.io import atomic_write  # noqa: E402
+from xmr.data.store import DIRECTION_TITLES, TABLE_ORDER
+from xmr.report.curves import TRAIN_LOSS, VAL_KEYS, train_loss_points
+from xmr.report.table import BASELINE
+from xmr.utils.io import atomic_write
 
 
 def _colours(names: list[str], order: list[str] | None = None) -> dict[str, Any]:
     """A colour per name, by its place in ``order`` (the report's rows) when given, so that a
     row has the same colour in every figure."""
-    cmap = plt.get_cmap("tab10")
+    cmap = matplotlib.colormaps["tab10"]
     order = list(order or []) + [n for n in names if n not in (order or [])]
     return {name: cmap(order.index(name) % 10) for name in names}
 
@@ -45,7 +44,6 @@ def _save(fig: Any, path: Path) -> Path:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
     atomic_write(path, write)
-    plt.close(fig)
     return path
 
 
@@ -63,7 +61,8 @@ def plot_recall_curves(
     """Recall@K (%) against K; ``curves``: row → direction → ``(K,)`` fractions for K = 1..."""
     names = list(curves)
     colours = _colours(names, order)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig = Figure(figsize=(11, 4.2))
+    axes = fig.subplots(1, 2, sharey=True)
     for ax, direction in zip(axes, TABLE_ORDER, strict=True):
         for name in names:
             curve = curves[name].get(direction)
@@ -129,9 +128,8 @@ def validation_figure(
     reference = reference or {}
     panels = [*keys, TRAIN_LOSS]
     cols = 2
-    fig, axes = plt.subplots(
-        (len(panels) + cols - 1) // cols, cols, figsize=(12, 4.2 * ((len(panels) + 1) // cols))
-    )
+    fig = Figure(figsize=(12, 4.2 * ((len(panels) + 1) // cols)))
+    axes = fig.subplots((len(panels) + cols - 1) // cols, cols)
     axes = np.atleast_1d(axes).ravel()
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
