@@ -251,3 +251,19 @@ def test_multirun_then_rerun_skips_both_jobs(sweep_root: Path, tmp_path: Path) -
     log = run()
     assert log.count("already finished") == 2, log[-3000:]
     assert [(j / "results.json").stat().st_mtime_ns for j in jobs] == mtimes
+
+
+def test_the_thread_count_identifies_a_run(tmp_path: Path) -> None:
+    """threads changes results (float reductions summed in another order), so a run with other
+    threads is another job: not skipped as finished, and in a directory of its own."""
+    from omegaconf import OmegaConf
+
+    from xmr.runs.results import RERUN_NEUTRAL_KEYS, config_differences
+
+    assert "threads" not in RERUN_NEUTRAL_KEYS
+    one = {"seed": 0, "threads": 1, "paths": {"output_dir": "/a"}}
+    two = {"seed": 0, "threads": 2, "paths": {"output_dir": "/b"}}
+    assert config_differences(one, OmegaConf.create(two)) == ["threads"]
+    hydra_conf = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/hydra/default.yaml")
+    assert "threads" not in list(hydra_conf.job.config.override_dirname.exclude_keys)
+    assert job_dirname(["seed=0", "threads=2"]) == "seed=0,threads=2"

@@ -173,14 +173,16 @@ def results_record(
 
 
 #: Config keys that do not change what a run computes: a rerun with other values still counts as
-#: the same job (paths move with the checkout; threads / progress bars / resume are run-time only;
+#: the same job (paths move with the checkout; progress bars / resume are run-time only;
 #: loggers record a run and, like the keys above but seed, are left out of its directory's name,
 #: so a rerun adding ``logger=wandb`` lands in the same directory and must not count as another job).
+#: ``threads`` is not one of them: the thread count changes results (intra-op kernels split float
+#: reductions over threads and sum them in another order; measured: threads=2 vs 1 gave another
+#: best epoch and test R@1), so a run with other threads is another run (and another directory).
 RERUN_NEUTRAL_KEYS = (
     "paths",
     "hydra",
     "resume",
-    "threads",
     "skip_finished",
     "trainer.enable_progress_bar",
     "logger",
