@@ -15,9 +15,11 @@ REPORT_IMAGES ?=
 # analysis.ipynb and its plots go.
 NOTEBOOK_ROOT ?= $(REPORT_ROOT)
 NOTEBOOK_OUT ?= $(NOTEBOOK_ROOT)
+# Where `make gpu-check` writes its logs and gpu_check.json (empty: $OUT, else logs/gpu_check)
+GPU_CHECK_OUT ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast demo report notebook reproduce lint format clean bench
+.PHONY: help install test test-fast demo report notebook reproduce lint format clean bench gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -59,6 +61,9 @@ reproduce: install ## the paper's pipeline: mine, 4 losses x 5 seeds + baselines
 
 bench: install ## performance figures (SYNTHETIC paper-scale store; prints numbers, asserts none)
 	$(BIN)/python benchmarks/run_all.py --threads 1
+
+gpu-check: install ## on a machine with a GPU: CUDA tests, bf16 vs fp32 run, ensemble, GPU figures (< 5 min; GPU_CHECK_OUT=dir)
+	PY=$(BIN)/python benchmarks/gpu_check.sh $(GPU_CHECK_OUT)
 
 lint: install ## ruff lint + format check
 	$(BIN)/ruff check xmr tests notebooks

@@ -41,24 +41,44 @@ def machine() -> dict[str, object]:
 
 
 def timeit(
-    fn: Callable[[], object], *, repeats: int = 5, number: int = 5, warmup: int = 2
+    fn: Callable[[], object],
+    *,
+    repeats: int = 5,
+    number: int = 5,
+    warmup: int = 2,
+    sync: Callable[[], object] | None = None,
 ) -> float:
-    """Median over ``repeats`` of the mean seconds per call of ``fn`` (``number`` calls each)."""
+    """Median over ``repeats`` of the mean seconds per call of ``fn`` (``number`` calls each).
+    ``sync`` waits for queued work (``torch.cuda.synchronize`` on a GPU, where calls return
+    before their kernels finish); it runs before each clock start and stop."""
+    wait = sync or (lambda: None)
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        wait()
         t0 = time.perf_counter()
         for _ in range(number):
             fn()
+        wait()
         times.append((time.perf_counter() - t0) / number)
     return statistics.median(times)
 
 
-def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
-    """The machine's fp32 matmul rate (GFLOP/s) at ``n x n`` — the reference for efficiency."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    sec = timeit(lambda: a @ b, repeats=repeats, number=3, warmup=2)
+def matmul_gflops(
+    n: int = 1024,
+    repeats: int = 5,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> float:
+    """The machine's matmul rate (GFLOP/s) at ``n x n`` — the reference for efficiency (fp32 on
+    the CPU by default; on a GPU a large ``n`` measures its dense peak in ``dtype``)."""
+    device = torch.device(device)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    sec = timeit(lambda: a @ b, repeats=repeats, number=3, warmup=2, sync=sync)
     return 2 * n**3 / sec / 1e9
 
 

@@ -38,26 +38,29 @@ def make_loss(name: str) -> torch.nn.Module:
     return instantiate(OmegaConf.load(CONF / "loss" / f"{name}.yaml"), where=f"loss={name}")
 
 
-def batch(e: int | None = None, seed: int = 0) -> tuple[torch.Tensor, ...]:
+def batch(e: int | None = None, seed: int = 0, device: str = "cpu") -> tuple[torch.Tensor, ...]:
+    """Random unit-vector lists at the paper's shape (on ``device``), one positive each."""
     g = torch.Generator().manual_seed(seed)
     lead = () if e is None else (e,)
     q = torch.nn.functional.normalize(torch.randn(*lead, B, D, generator=g), dim=-1)
     c = torch.nn.functional.normalize(torch.randn(*lead, B, L, D, generator=g), dim=-1)
     y = torch.zeros(*lead, B, L)
     y[..., 0] = 1.0
-    return q, c, torch.ones(*lead, B, L, dtype=torch.bool), y
+    mask = torch.ones(*lead, B, L, dtype=torch.bool)
+    return tuple(t.to(device) for t in (q, c, mask, y))
 
 
-def net(dropout: float = 0.1) -> ContextAwareRanker:
+def net(dropout: float = 0.1, device: str = "cpu") -> ContextAwareRanker:
     return ContextAwareRanker(
         D, D, fc_sizes=[64], num_layers=2, num_heads=4, ff_dim=128, dropout=dropout
-    )
+    ).to(device)
 
 
-def single_step(loss_name: str, dropout: float = 0.1):
-    model, loss = net(dropout), make_loss(loss_name)
+def single_step(loss_name: str, dropout: float = 0.1, device: str = "cpu"):
+    """One training step of a single run (model, loss, fused Adam) on ``device``, as a callable."""
+    model, loss = net(dropout, device), make_loss(loss_name).to(device)
     opt = make_optimizer(model.parameters())
-    pool = [batch(seed=i) for i in range(POOL)]
+    pool = [batch(seed=i, device=device) for i in range(POOL)]
     turn = iter(range(10**9))
 
     def step() -> None:
@@ -77,16 +80,20 @@ def flops_per_step(loss_name: str) -> int:
     return int(counter.get_total_flops())
 
 
-def ensemble_step(members: int, losses: tuple[str, ...]):
+def ensemble_step(members: int, losses: tuple[str, ...], device: str = "cpu"):
+    """One step of the vectorised ensemble (``members`` / len(losses) seeds per loss) on
+    ``device``, as a callable."""
     nets = []
     for s in range(members):
         torch.manual_seed(s)
         nets.append(net())
-    ens = EnsembleRanker(nets)
+    ens = EnsembleRanker(nets).to(device)
     opt = make_optimizer(ens.parameters())
     per = members // len(losses)
-    groups = [(make_loss(n), list(range(i * per, (i + 1) * per))) for i, n in enumerate(losses)]
-    pool = [batch(members, seed=i) for i in range(4)]  # E x the memory of one batch each
+    groups = [
+        (make_loss(n).to(device), list(range(i * per, (i + 1) * per))) for i, n in enumerate(losses)
+    ]
+    pool = [batch(members, seed=i, device=device) for i in range(4)]  # E x one batch each
     turn = iter(range(10**9))
 
     def step() -> None:

@@ -3,6 +3,8 @@
     python benchmarks/run_all.py [--threads N] [--quick]
 
 Generates the SYNTHETIC paper-scale store under ./data when it is missing (about a minute).
+The GPU section (bench_gpu.py) runs only where CUDA is available and prints a skip line
+elsewhere; the CPU sections are the same either way.
 On a shared machine, note the load average printed with each section: the numbers of a loaded
 machine are not comparable with those of an idle one (see benchmarks/RESULTS.md).
 """
@@ -15,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_gpu  # noqa: E402
 import bench_mining  # noqa: E402
 import bench_paper  # noqa: E402
 import bench_rerank  # noqa: E402
@@ -31,6 +34,7 @@ def main() -> None:
     bench_paper.main([*threads, *(["--lists", "500", "--rss-batches", "20"] if args.quick else [])])
     bench_mining.main(threads)
     bench_rerank.main([*threads, *(["--quick"] if args.quick else [])])
+    bench_gpu.main(["--quick"] if args.quick else [])
 
 
 if __name__ == "__main__":

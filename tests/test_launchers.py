@@ -8,11 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hydra.utils
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.plugins import Plugins
+from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, open_dict
 
+from xmr.utils import devices
 from xmr.utils.instantiate import instantiate
+from xmr.utils.launcher import LocalLauncher, plan_of
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -53,7 +58,7 @@ def test_slurm_launcher_without_environment_has_no_partition(monkeypatch) -> Non
         ("submitit_slurm", "hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
         ("submitit_local", "hydra_submitit_launcher.submitit_launcher.LocalLauncher"),
         ("joblib", "hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
-        ("local", "hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+        ("local", "xmr_launcher.LocalLauncher"),
     ],
 )
 def test_launcher_options_compose(option, target, monkeypatch) -> None:
@@ -63,7 +68,28 @@ def test_launcher_options_compose(option, target, monkeypatch) -> None:
     cfg = compose_hydra([f"hydra/launcher={option}"])
     assert cfg.hydra.launcher._target_ == f"hydra_plugins.{target}"
     if option == "local":
-        assert cfg.hydra.launcher.n_jobs == 3 and cfg.hydra.launcher.backend == "loky"
+        assert cfg.hydra.launcher.n_jobs == 3 and cfg.hydra.launcher.jobs_per_gpu == 1
+
+
+def test_local_launcher_runs_one_job_per_gpu_by_default(monkeypatch) -> None:
+    """XMR_JOBS unset: every GPU slot (G x XMR_JOBS_PER_GPU) on a GPU node, 2 jobs without one."""
+    monkeypatch.delenv("XMR_JOBS", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("XMR_JOBS_PER_GPU", "2")
+    launcher_cfg = compose_hydra(["hydra/launcher=local"]).hydra.launcher
+    assert launcher_cfg.n_jobs is None and launcher_cfg.jobs_per_gpu == 2
+    # Hydra finds the plugin class in the hydra_plugins namespace (it builds launchers only
+    # from there).
+    found = {f"{c.__module__}.{c.__name__}" for c in Plugins.instance().discover(Launcher)}
+    assert launcher_cfg._target_ in found
+    launcher = hydra.utils.instantiate(launcher_cfg)
+    assert isinstance(launcher, LocalLauncher)
+    monkeypatch.setattr(devices, "device_count", lambda: 4)
+    plan, slots = plan_of(launcher.n_jobs, launcher.jobs_per_gpu, devices.visible_gpus())
+    assert plan.n_jobs == 8 and len(slots) == 8 and len(set(slots)) == 8
+    monkeypatch.setattr(devices, "device_count", lambda: 0)
+    plan, slots = plan_of(launcher.n_jobs, launcher.jobs_per_gpu, devices.visible_gpus())
+    assert plan.n_jobs == 2 and slots == []
 
 
 @pytest.mark.slow
@@ -106,7 +132,7 @@ def test_joblib_multirun_runs_two_jobs_in_parallel(tiny_store, tmp_path) -> None
         timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
+    assert "local launcher: 2 jobs, " in proc.stdout + proc.stderr
     paths = sorted(sweep.rglob("results.json"))
     # One level per job although data.store / data.lists_root are absolute paths.
     assert [p.parent.parent for p in paths] == [sweep, sweep], paths

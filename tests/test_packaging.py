@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from setuptools import find_namespace_packages
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
@@ -65,3 +66,15 @@ def test_make_install_applies_the_constraints() -> None:
     # .ci/run installs only through make (make demo / make test depend on make install).
     ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
     assert "pip install" not in ci and "make test" in ci
+
+
+def test_the_launcher_plugin_is_packaged_in_the_hydra_plugins_namespace() -> None:
+    """hydra/launcher=local is built by Hydra from hydra_plugins.xmr_launcher: the package must
+    ship it, and hydra_plugins must stay a namespace package (an __init__.py there would hide the
+    other installed plugins)."""
+    tool = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]
+    include = tool["setuptools"]["packages"]["find"]["include"]
+    packages = find_namespace_packages(where=str(REPO), include=include)
+    assert "hydra_plugins.xmr_launcher" in packages and "xmr.utils" in packages
+    assert not (REPO / "hydra_plugins" / "__init__.py").exists()
+    assert (REPO / "hydra_plugins" / "xmr_launcher" / "__init__.py").is_file()

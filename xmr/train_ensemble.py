@@ -51,6 +51,7 @@ from xmr.runs.lifecycle import (
 from xmr.runs.naming import method_name
 from xmr.runs.results import finished_results
 from xmr.utils.console import run_command
+from xmr.utils.devices import torch_device
 from xmr.utils.instantiate import ConfigError, instantiate
 from xmr.utils.io import atomic_write
 from xmr.utils.paths import CONF_DIR
@@ -252,7 +253,7 @@ def _train_ensemble(cfg: DictConfig) -> list[dict[str, Any]]:
         for net in mod.nets.values():
             if not isinstance(net, ContextAwareRanker):
                 raise ConfigError(f"model: {type(net).__name__} is not a ContextAwareRanker")
-    device = torch.device("cuda" if _wants_cuda(cfg) else "cpu")
+    device = torch_device(cfg.trainer)  # in a local sweep's worker: the worker's GPU
     directions = list(dm.directions)
     ensembles = {d: EnsembleRanker([mod.nets[d] for mod in modules]).to(device) for d in directions}
     params = [p for d in directions for p in ensembles[d].parameters()]
@@ -358,11 +359,6 @@ def _train_ensemble(cfg: DictConfig) -> list[dict[str, Any]]:
         )
         results_by_member[i] = res
     return [results_by_member[i] for i in range(len(members))]
-
-
-def _wants_cuda(cfg: DictConfig) -> bool:
-    acc = str(cfg.trainer.get("accelerator", "auto"))
-    return torch.cuda.is_available() and acc in ("auto", "gpu", "cuda")
 
 
 def _on_device(gather: PairGatherer, device: torch.device) -> PairGatherer:
