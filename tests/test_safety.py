@@ -214,6 +214,8 @@ def test_target_must_resolve_to_something_xmr_builds(target: str) -> None:
         {
             line.split("_target_:", 1)[1].strip()
             for path in CONF.rglob("*.yaml")
+            # conf/hydra/: Hydra's own config (the launcher), built by Hydra before xmr runs
+            if "hydra" not in path.relative_to(CONF).parts[:1]
             for line in path.read_text(encoding="utf-8").splitlines()
             if "_target_:" in line and not line.lstrip().startswith("#")
         }
