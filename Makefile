@@ -13,7 +13,7 @@ REPORT_OUT ?= $(REPORT_ROOT)
 REPORT_IMAGES ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast demo report reproduce lint format clean bench
+.PHONY: help install test test-fast demo report reproduce reproduce-quick lint format clean bench
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -47,8 +47,11 @@ demo: install ## SYNTHETIC demo: store, lists, 4 losses + DCCA/CMPM/VSE++/InfoNC
 report: install ## Table 2 (md/csv/tex), significance, plots, report.html: REPORT_ROOT=sweep dir
 	$(BIN)/xmr report $(REPORT_ROOT) --out $(REPORT_OUT) $(if $(REPORT_IMAGES),--images $(REPORT_IMAGES))
 
-reproduce: install ## the paper's pipeline: mine, 4 losses x 5 seeds + baselines, report (REPRO_EPOCHS=1 REPRO_SEEDS=1: quick)
-	$(BIN)/python -m xmr.reproduce
+reproduce: install ## the paper's pipeline: mine, 4 losses x 5 seeds + baselines, report (REPRO_STRICT=1: fail on a mismatch)
+	$(BIN)/python -m xmr.reproduce $(if $(REPRO_STRICT),--strict)
+
+reproduce-quick: install ## SYNTHETIC demo store, 1 epoch, 1 seed (~5 min on 2 cores), checked against reproducibility/expected_quick.json
+	$(BIN)/python -m xmr.reproduce --quick --strict
 
 bench: install ## performance figures (SYNTHETIC paper-scale store; prints numbers, asserts none)
 	$(BIN)/python benchmarks/run_all.py --threads 1

@@ -68,6 +68,7 @@ from xmr.report.collect import collect
 from xmr.report.expected import (
     check,
     check_table,
+    dumps_expected,
     expected_document,
     fixed_methods,
     load_expected,
@@ -198,8 +199,8 @@ def _env_flag(name: str) -> bool:
 
 
 def _quote(value: str | Path) -> str:
-    """A Hydra override value, quoted (a path may hold ``,`` ``=`` or spaces)."""
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """A Hydra override value, double-quoted (a path may hold ``,`` ``=`` or spaces)."""
+    return '"' + str(value).replace('"', '\\"') + '"'
 
 
 def baselines(conf: Path = CONF, only: list[str] | None = None) -> tuple[list[str], list[str]]:
@@ -436,17 +437,15 @@ def jobs(plan: Plan) -> list[Job]:
     out = []
     for loss in LOSSES:
         for seed in range(plan.seeds):
-            out.append(
-                Job(f"rankers/{loss}/seed-{seed}", ["experiment=paper", *common, f"loss={loss}"])
-            )
-            out[-1].args.append(f"seed={seed}")
+            args = ["experiment=paper", *common, f"loss={loss}", f"seed={seed}"]
+            out.append(Job(f"rankers/{loss}/seed-{seed}", args))
     # Baselines get the same data (hence the very same lists: the data configs' mining defaults,
     # conf/data/mining/default.yaml, are the paper's) but not experiment=paper, whose ranker
     # settings (model.net.*) do not apply to other models.
     for model in plan.trainable_baselines:
         for seed in range(plan.seeds):
-            out.append(Job(f"baselines/{model}/seed-{seed}", [*common, f"model={model}"]))
-            out[-1].args.append(f"seed={seed}")
+            args = [*common, f"model={model}", f"seed={seed}"]
+            out.append(Job(f"baselines/{model}/seed-{seed}", args))
     for model in plan.fixed_baselines:
         out.append(Job(f"baselines/{model}", [*common, f"model={model}"]))
     return out
@@ -536,7 +535,7 @@ def write_expected(plan: Plan, path: Path, elapsed: float) -> None:
     threads = {(r.get("config") or {}).get("threads") for r in runs}
     produced = {
         "command": QUICK_COMMAND if plan.quick else "python -m xmr.reproduce",
-        "argv": " ".join(shlex.quote(a) for a in sys.argv),
+        "argv": " ".join(["python -m xmr.reproduce", *map(shlex.quote, sys.argv[1:])]),
         "xmr_commit": str(git.get("commit") or "unknown"),
         "dirty": git.get("dirty"),
         "date": utc_now(),
@@ -548,7 +547,7 @@ def write_expected(plan: Plan, path: Path, elapsed: float) -> None:
     }
     doc = expected_document(observed_metrics(runs), fixed_methods(runs), plan.settings(), produced)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    path.write_text(dumps_expected(doc), encoding="utf-8")
     print(f"== wrote {path} ({sum(len(m) for m in doc['metrics'].values())} metrics) ==")
 
 
@@ -640,12 +639,14 @@ def main(argv: list[str] | None = None) -> None:
     job_total = sum(float(r["seconds"]) for r in rows)
     est = "no estimate" if total is None else f"estimate was {total:.0f} s"
     summary = (
-        f"prepare (store + mining, one process): {t_prepare:.0f} s; {len(rows)} jobs "
-        f"({len(ran)} run now): {job_total:.0f} s; report: {t_report:.0f} s; whole pipeline "
-        f"(this invocation): {elapsed:.0f} s ({est})"
+        f"prepare (store + mining, one process): {t_prepare:.0f} s; {len(rows)} jobs, whole-job "
+        f"times summed: {job_total:.0f} s ({len(ran)} run now, {len(rows) - len(ran)} skipped "
+        f"with their earlier times); report: {t_report:.0f} s; whole pipeline (this "
+        f"invocation): {elapsed:.0f} s ({est})"
     )
+    described = describe_data(plan.data, plan.store).describe(plan.data)  # the store exists now
     (plan.out / "wall_times.md").write_text(
-        f"# Whole-job wall time ({plan.info.describe(plan.data)}; {plan.epochs} epoch(s))\n\n"
+        f"# Whole-job wall time ({described}; {plan.epochs} epoch(s))\n\n"
         "Each job is one `xmr train` process: start-up, imports, data loading, training, test "
         "and writing results. A skipped job keeps the time it took when it ran.\n\n"
         f"{times}\n{summary}\n",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -39,9 +40,12 @@ METRIC_KEYS: tuple[str, ...] = tuple(
 )
 #: Default tolerances (absolute, recall as a fraction): a parameter-free scorer's numbers only
 #: depend on the generated store and float summation order; a trained model's also on every
-#: floating-point step of its training (BLAS, thread count, CPU vs GPU).
+#: floating-point step of its training (BLAS, thread count, CPU vs GPU). Measured for the quick
+#: reproduction (200 list queries per direction, so one query = 0.005): rerun with threads=2
+#: instead of 1 on the same machine, the fixed scorers did not move, the pair baselines and the
+#: re-ranker moved by <= 0.001, the paper's rankers (near chance after one epoch) by <= 0.025.
 TOL_FIXED = 0.01
-TOL_TRAINED = 0.03
+TOL_TRAINED = 0.05
 
 
 def validate_expected(doc: Any, where: str = "expected file") -> None:
@@ -212,3 +216,16 @@ def expected_document(
     }
     validate_expected(doc, "new expected file")
     return doc
+
+
+def dumps_expected(doc: Mapping[str, Any]) -> str:
+    """``doc`` as JSON text, one line per metric (``{"value": ..., "tol": ...}``)."""
+    text = json.dumps(doc, indent=1)
+    return (
+        re.sub(
+            r'\{\s*"value": ([^,\s]+),\s*"tol": ([^\s}]+)\s*\}',
+            r'{"value": \1, "tol": \2}',
+            text,
+        )
+        + "\n"
+    )
