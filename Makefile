@@ -19,7 +19,7 @@ NOTEBOOK_OUT ?= $(NOTEBOOK_ROOT)
 GPU_CHECK_OUT ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast demo report notebook reproduce lint format clean bench gpu-check
+.PHONY: help install test test-fast demo report notebook reproduce reproduce-quick lint format clean bench gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -56,8 +56,11 @@ report: install ## Table 2 (md/csv/tex), significance, plots, report.html: REPOR
 notebook: install ## execute notebooks/analysis.py as a notebook on NOTEBOOK_ROOT -> NOTEBOOK_OUT/analysis.ipynb
 	$(BIN)/python notebooks/run.py $(NOTEBOOK_ROOT) --out $(NOTEBOOK_OUT)
 
-reproduce: install ## the paper's pipeline: mine, 4 losses x 5 seeds + baselines, report (REPRO_EPOCHS=1 REPRO_SEEDS=1: quick)
-	$(BIN)/python -m xmr.reproduce
+reproduce: install ## the paper's pipeline: mine, 4 losses x 5 seeds + baselines, report (REPRO_STRICT=1: fail on a mismatch)
+	$(BIN)/python -m xmr.reproduce $(if $(REPRO_STRICT),--strict)
+
+reproduce-quick: install ## SYNTHETIC demo store, 1 epoch, 1 seed (~5 min on 2 cores), checked against reproducibility/expected_quick.json
+	$(BIN)/python -m xmr.reproduce --quick --strict
 
 bench: install ## performance figures (SYNTHETIC paper-scale store; prints numbers, asserts none)
 	$(BIN)/python benchmarks/run_all.py --threads 1
