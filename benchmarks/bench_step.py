@@ -56,8 +56,10 @@ def net(dropout: float = 0.1, device: str = "cpu") -> ContextAwareRanker:
     ).to(device)
 
 
-def single_step(loss_name: str, dropout: float = 0.1, device: str = "cpu"):
-    """One training step of a single run (model, loss, fused Adam) on ``device``, as a callable."""
+def single_step(loss_name: str, dropout: float = 0.1, device: str = "cpu", bf16: bool = False):
+    """One training step of a single run (model, loss, fused Adam) on ``device``, as a callable;
+    ``bf16``: the forward under bfloat16 autocast, as ``trainer.precision=bf16-mixed`` runs it
+    (the backward outside, as Lightning does)."""
     model, loss = net(dropout, device), make_loss(loss_name).to(device)
     opt = make_optimizer(model.parameters())
     pool = [batch(seed=i, device=device) for i in range(POOL)]
@@ -66,7 +68,9 @@ def single_step(loss_name: str, dropout: float = 0.1, device: str = "cpu"):
     def step() -> None:
         q, c, mask, y = pool[next(turn) % POOL]
         opt.zero_grad(set_to_none=True)
-        loss(model.forward_split(q, c, mask), y, mask).backward()
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            value = loss(model.forward_split(q, c, mask), y, mask)
+        value.backward()
         opt.step()
 
     return step
@@ -150,6 +154,13 @@ def _main(args: argparse.Namespace) -> dict[str, float]:
         f"{fl / 1e9 / sec / peak:5.1%} of matmul (what dropout costs; not the paper's setting)"
     )
     out["listnet_no_dropout/lists_per_s"] = B / sec
+    for name in ("listnet", "neural_ndcg"):  # trainer.precision=bf16-mixed on this CPU
+        sec = timeit(single_step(name, bf16=True), repeats=reps, number=5)
+        print(
+            f"{name + ', bf16':>12s}: {sec * 1e3:7.1f} ms/step  {B / sec:7.0f} lists/s  "
+            "(bf16-mixed autocast; losses and score head in float32)"
+        )
+        out[f"{name}_bf16/lists_per_s"] = B / sec
     e = args.members
     sec = timeit(ensemble_step(e, LOSSES), repeats=reps, number=2, warmup=1)
     seq_mean = sum(seq) / len(seq)

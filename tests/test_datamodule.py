@@ -7,10 +7,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _compose import make_cfg, tiny_overrides
 
-from xmr.data.datamodule import XMRDataModule, mining_tag, pair_features
+from xmr.data.datamodule import (
+    PAIRS,
+    IndexCollate,
+    PairGatherer,
+    XMRDataModule,
+    is_index_batch,
+    mining_tag,
+    pair_features,
+)
 from xmr.data.mining import load_lists, mine_lists
 from xmr.data.store import FeatureStore
+from xmr.train import train
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +106,148 @@ def test_missing_store_without_synth_block_is_a_clear_error(tmp_path: Path) -> N
         dm.prepare_data()
 
 
-@pytest.mark.parametrize("kwargs", [{"direction": "up"}, {"batch_size": 0}, {"num_workers": -1}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"direction": "up"}, {"batch_size": 0}, {"num_workers": -1}, {"gather_on_device": "yes"}],
+)
 def test_bad_arguments(tmp_path: Path, kwargs) -> None:
     with pytest.raises(ValueError, match="data"):
         XMRDataModule(store=str(tmp_path), lists_dir=str(tmp_path), **kwargs)
+
+
+# ---------------------------------------- gathering on the device (GPU data path)
+
+
+def _batches_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k, v in a.items():
+        assert torch.equal(v, b[k]) if isinstance(v, torch.Tensor) else v == b[k], k
+
+
+def test_device_gatherers_gather_on_their_tables_device(
+    tiny_store: Path, all_positive_lists: Path
+) -> None:
+    # The 'meta' device stands in for a GPU: a gatherer moved there gathers there (shapes only),
+    # its tables are copied once per device and shared by every gatherer, and it is made once.
+    dm = XMRDataModule(store=str(tiny_store), lists_dir=str(all_positive_lists))
+    dm.setup()
+    g = dm.gatherer("t2i", "val", "meta")
+    assert g is dm.gatherer("t2i", "val", "meta")  # cached: made once per run
+    assert g.query_table is dm.gatherer("i2t", "test", "meta").cand_table  # one text table
+    batch = g(torch.arange(3, device="meta"))
+    host = dm.gatherer("t2i", "val")(list(range(3)))
+    for k, v in host.items():
+        if isinstance(v, torch.Tensor):
+            assert batch[k].device.type == "meta" and batch[k].shape == v.shape, k
+    pairs = dm.gatherer(PAIRS, PAIRS, "meta")(torch.arange(4, device="meta"))
+    assert pairs["image"].device.type == "meta" and pairs["text"].shape[0] == 4
+
+
+def test_index_batches_gather_to_the_collated_batches(
+    tiny_store: Path, all_positive_lists: Path
+) -> None:
+    dm = XMRDataModule(store=str(tiny_store), lists_dir=str(all_positive_lists))
+    dm.setup()
+    idx = [5, 0, 3, 7]
+    for d in dm.directions:
+        index = IndexCollate(d, "train")(idx)
+        assert is_index_batch(index) and set(index) == {"index", "direction", "split"}
+        _batches_equal(dm.gather_batch(index), dm.gatherer(d, "train")(idx))
+    both = {d: IndexCollate(d, "val")(idx) for d in dm.directions}
+    gathered = dm.on_after_batch_transfer(both, 0)
+    for d in dm.directions:
+        _batches_equal(gathered[d], dm.gatherer(d, "val")(idx))
+    dm.use_pair_training(4)
+    _batches_equal(dm.gather_batch(IndexCollate(PAIRS, PAIRS)(idx)), dm._train_pairs()(idx))
+    feature_batch = dm.gatherer("t2i", "val")(idx)
+    assert dm.gather_batch(feature_batch) is feature_batch  # gathered already: left alone
+
+
+def test_a_replaced_host_gatherer_is_moved_again(
+    tiny_store: Path, all_positive_lists: Path
+) -> None:
+    # Re-drawn training lists replace the train gatherers every epoch: the device copy follows.
+    dm = XMRDataModule(store=str(tiny_store), lists_dir=str(all_positive_lists))
+    dm.setup()
+    first = dm.gatherer("t2i", "train", "meta")
+    host = dm.gatherer("t2i", "train")
+    redrawn = PairGatherer("t2i", host.query_table, host.cand_table, host.queries[:3],
+                           host.candidates[:3], host.labels[:3])  # fmt: skip
+    dm._gatherers[("t2i", "train")] = redrawn
+    second = dm.gatherer("t2i", "train", "meta")
+    assert second is not first and second.queries.shape == (3,)
+    assert second.query_table is first.query_table  # the tables stay where they are
+
+
+def _spy_transfers(monkeypatch) -> tuple[list[dict], list[tuple[int, ...]]]:
+    """Record what Lightning hands the data module after each transfer (before the gather), and
+    the shape of every floating 3-D tensor (a (B, L, D) candidate block) sent to a device with
+    ``Tensor.to`` (Lightning's transfer: ``tensor.to(device, ...)``)."""
+    received: list[dict] = []
+    moved: list[tuple[int, ...]] = []
+    hook, to = XMRDataModule.on_after_batch_transfer, torch.Tensor.to
+
+    def spy_hook(self, batch, dataloader_idx):
+        received.append(batch)
+        return hook(self, batch, dataloader_idx)
+
+    def spy_to(self, *args, **kwargs):
+        to_device = any(isinstance(a, (torch.device, str)) for a in (*args, kwargs.get("device")))
+        if to_device and self.is_floating_point() and self.dim() == 3:
+            moved.append(tuple(self.shape))
+        return to(self, *args, **kwargs)
+
+    monkeypatch.setattr(XMRDataModule, "on_after_batch_transfer", spy_hook)
+    monkeypatch.setattr(torch.Tensor, "to", spy_to)
+    return received, moved
+
+
+@pytest.mark.parametrize("model", ["ranker", "dcca"])
+def test_gathering_on_the_device_trains_bit_identically(
+    tiny_store: Path, tmp_path: Path, model: str, monkeypatch
+) -> None:
+    # data.gather_on_device=true on the CPU runs the GPU data path with the CPU as the device:
+    # the loaders yield index batches only, Lightning moves those, the data module gathers after
+    # the transfer, and no (B, L, D) candidate block is ever moved per step. The results equal
+    # the default run's bit for bit (the ranker on lists; DCCA on pairs + calibration). (The
+    # full-gallery protocol, once after training, moves its re-ranked top K itself: lists only.)
+    extra = [
+        f"model={model}",
+        f"data.lists_root={tmp_path / 'lists'}",
+        "trainer.max_epochs=1",
+        "protocol=lists",
+    ]
+    want = train(make_cfg(tmp_path, tiny_overrides(tiny_store, *extra), run="default"))
+    received, moved = _spy_transfers(monkeypatch)
+    over = tiny_overrides(tiny_store, *extra, "+data.gather_on_device=true")
+    got = train(make_cfg(tmp_path, over, run="device"))
+    monkeypatch.undo()
+    assert received and not moved
+    for batch in received:
+        subs = batch.values() if not is_index_batch(batch) else [batch]
+        for sub in subs:
+            assert is_index_batch(sub)
+            assert sub["index"].dtype == torch.int64 and sub["index"].dim() == 1
+    for key, value in want.items():
+        if key.startswith(("test/", "test_full/", "best_val/", "val/")):
+            assert got[key] == value, key
+    for d in ("t2i", "i2t"):
+        with (
+            np.load(tmp_path / "default" / f"predictions_{d}.npz") as a,
+            np.load(tmp_path / "device" / f"predictions_{d}.npz") as b,
+        ):
+            for k in a.files:
+                assert np.array_equal(a[k], b[k], equal_nan=True), (d, k)
+
+
+def test_default_cpu_run_gathers_in_the_loader(
+    tiny_store: Path, tmp_path: Path, monkeypatch
+) -> None:
+    # On the CPU (gather_on_device unset) the collate function gathers, as before: the batches
+    # Lightning moves are feature batches.
+    received, moved = _spy_transfers(monkeypatch)
+    extra = [f"data.lists_root={tmp_path / 'lists'}", "trainer.max_epochs=1", "protocol=lists"]
+    train(make_cfg(tmp_path, tiny_overrides(tiny_store, *extra)))
+    monkeypatch.undo()
+    assert received and moved
+    assert not any(is_index_batch(b) or any(map(is_index_batch, b.values())) for b in received)

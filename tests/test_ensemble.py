@@ -184,6 +184,9 @@ def test_member_config_errors(tmp_path, tiny_store) -> None:
     cfg = _cfg(tmp_path, "ensemble", ["callbacks=early_stopping"], tiny_store, "e")
     with pytest.raises(ConfigError, match="callbacks.early_stopping"):
         train_ensemble(cfg)
+    cfg = _cfg(tmp_path, "ensemble", ["trainer.precision=bf16-mixed"], tiny_store, "e")
+    with pytest.raises(ConfigError, match="the ensemble trains in float32 only"):
+        train_ensemble(cfg)
     redraw = ["data/mining=pool", "data.redraw_train_lists=true"]
     with pytest.raises(ConfigError, match="data.redraw_train_lists: not supported"):
         train_ensemble(_cfg(tmp_path, "ensemble", redraw, tiny_store, "e"))

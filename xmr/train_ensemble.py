@@ -28,7 +28,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from xmr.data.datamodule import PairGatherer, XMRDataModule
+from xmr.data.datamodule import XMRDataModule
 from xmr.metrics.ranking import rsum
 from xmr.metrics.retrieval import ListRetrievalMetrics
 from xmr.models.build import build_module
@@ -123,6 +123,12 @@ def _check_supported(cfg: DictConfig) -> None:
     algo = cfg.trainer.get("gradient_clip_algorithm") or "norm"
     if cfg.trainer.get("gradient_clip_val") and algo != "norm":
         raise ConfigError(f"trainer.gradient_clip_algorithm={algo!r}: the ensemble clips by norm")
+    precision = cfg.trainer.get("precision", "32-true")
+    if precision != "32-true":
+        raise ConfigError(
+            f"trainer.precision={precision!r}: the ensemble trains in float32 only "
+            "(trainer.precision=32-true); mixed precision is for `xmr train`"
+        )
     if int(cfg.trainer.get("accumulate_grad_batches") or 1) != 1:
         raise ConfigError("trainer.accumulate_grad_batches: must be 1 for the ensemble")
     if cfg.data.get("redraw_train_lists"):
@@ -273,8 +279,9 @@ def _train_ensemble(cfg: DictConfig) -> list[dict[str, Any]]:
 
     order = MemberBatches({d: dm.num_lists(d, "train") for d in directions}, dm.batch_size, seeds)
     # The data module's gatherers with tables and lists on the ensemble's device, so gathering
-    # happens there (on a GPU no per-step host-to-device copy of the (E, B, L, D) features).
-    gathers = {d: _on_device(dm.gatherer(d, "train"), device) for d in directions}
+    # happens there (on a GPU no per-step host-to-device copy of the (E, B, L, D) features):
+    # idx (E, B) gathers q (E, B, D_q), c (E, B, L, D_c), labels and mask (E, B, L).
+    gathers = {d: dm.gatherer(d, "train", device) for d in directions}
     outs = [Path(m.paths.output_dir) for m in cfgs]
     for m, out in zip(cfgs, outs, strict=True):
         out.mkdir(parents=True, exist_ok=True)
@@ -359,14 +366,6 @@ def _train_ensemble(cfg: DictConfig) -> list[dict[str, Any]]:
         )
         results_by_member[i] = res
     return [results_by_member[i] for i in range(len(members))]
-
-
-def _on_device(gather: PairGatherer, device: torch.device) -> PairGatherer:
-    """``gather`` with its tables and lists on ``device`` (shared when ``device`` is the CPU:
-    ``.to`` returns the same tensor). It gathers index tensors of any shape: ``idx (E, B)``
-    gives q ``(E, B, D_q)``, c ``(E, B, L, D_c)``, labels and mask ``(E, B, L)``."""
-    names = ("query_table", "cand_table", "queries", "candidates", "labels")
-    return PairGatherer(gather.direction, *(getattr(gather, n).to(device) for n in names))
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="ensemble")

@@ -18,6 +18,14 @@ Lists of one file share one length; lists of different files (or lists with padd
 with id -1 and masked. With ``direction: both`` the training loader yields
 ``{"t2i": batch, "i2t": batch}`` (cycling the shorter one); evaluation loaders come one per
 direction, in the order of :attr:`XMRDataModule.directions`.
+
+Where batches are gathered: on the CPU, the loaders' collate function gathers the features (the
+batch above comes out of the loader). When the trainer's device is a GPU (or
+``gather_on_device: true``), the embedding tables and the lists go to that device once per run
+(:meth:`XMRDataModule.on_after_batch_transfer`; the train lists of a re-drawn epoch once per
+epoch), the loaders yield only index batches ``{"index": (B,) int64, "direction", "split"}``
+(pinned on CUDA, so their copy to the device is asynchronous) and the gather runs on the device:
+no per-step host-to-device copy of features and no host synchronisation.
 """
 
 from __future__ import annotations
@@ -92,7 +100,29 @@ class PairGatherer:
         self.queries, self.candidates, self.labels = queries, candidates, labels  # (Q,), (Q, L)
         self.relevant_total = relevant_total  # (Q,) or None
 
-    def __call__(self, idx: list[int]) -> dict[str, Any]:
+    def to(
+        self,
+        device: torch.device | str,
+        query_table: Tensor | None = None,
+        cand_table: Tensor | None = None,
+    ) -> PairGatherer:
+        """This gatherer with its tables and lists on ``device`` (the same tensors when they are
+        there already: ``Tensor.to`` does not copy). ``query_table`` / ``cand_table``: tables
+        already on ``device`` to use instead of copying this gatherer's (gatherers of one store
+        share them)."""
+        return PairGatherer(
+            self.direction,
+            self.query_table.to(device) if query_table is None else query_table,
+            self.cand_table.to(device) if cand_table is None else cand_table,
+            self.queries.to(device),
+            self.candidates.to(device),
+            self.labels.to(device),
+            None if self.relevant_total is None else self.relevant_total.to(device),
+        )
+
+    def __call__(self, idx: list[int] | Tensor) -> dict[str, Any]:
+        """The batch of list indices ``idx`` (a list, or an index tensor of any shape on the
+        tables' device: ``(E, B)`` gives ``q (E, B, D_q)``, ``c (E, B, L, D_c)``, ...)."""
         ix = torch.as_tensor(idx, dtype=torch.long)
         qid = self.queries[ix]  # (B,)
         cid = self.candidates[ix]  # (B, L)
@@ -132,7 +162,21 @@ class TrainPairGatherer:
     def __len__(self) -> int:
         return len(self.text_ids)
 
-    def __call__(self, idx: list[int]) -> dict[str, Tensor]:
+    def to(
+        self,
+        device: torch.device | str,
+        image_table: Tensor | None = None,
+        text_table: Tensor | None = None,
+    ) -> TrainPairGatherer:
+        """This gatherer on ``device`` (as :meth:`PairGatherer.to`)."""
+        return TrainPairGatherer(
+            self.image_table.to(device) if image_table is None else image_table,
+            self.text_table.to(device) if text_table is None else text_table,
+            self.text_ids.to(device),
+            self.text_image.to(device),
+        )
+
+    def __call__(self, idx: list[int] | Tensor) -> dict[str, Tensor]:
         tid = self.text_ids[torch.as_tensor(idx, dtype=torch.long)]  # (B,)
         iid = self.text_image[tid]  # (B,)
         return {
@@ -141,6 +185,31 @@ class TrainPairGatherer:
             "image_id": iid,
             "text_id": tid,
         }
+
+
+#: The ``split`` of an index batch of (image, caption) pairs (pairwise baselines' training).
+PAIRS = "pairs"
+
+
+class IndexCollate:
+    """Collate function of a loader whose batches are gathered on the device: list (or pair)
+    indices only, ``{"index": (B,) int64, "direction": str, "split": str}`` (picklable).
+    :meth:`XMRDataModule.gather_batch` turns one into the feature batch."""
+
+    def __init__(self, direction: str, split: str) -> None:
+        self.direction, self.split = direction, split
+
+    def __call__(self, idx: list[int]) -> dict[str, Any]:
+        return {
+            "index": torch.as_tensor(idx, dtype=torch.long),
+            "direction": self.direction,
+            "split": self.split,
+        }
+
+
+def is_index_batch(batch: Any) -> bool:
+    """Whether ``batch`` is an :class:`IndexCollate` batch (not yet gathered)."""
+    return isinstance(batch, Mapping) and "index" in batch and "split" in batch
 
 
 class XMRDataModule(L.LightningDataModule):
@@ -166,6 +235,13 @@ class XMRDataModule(L.LightningDataModule):
             The trainer must rebuild the train loader every epoch
             (``reload_dataloaders_every_n_epochs=1``; ``xmr train`` sets it when
             :attr:`redraws_train_lists`). Validation and test lists never change.
+        gather_on_device: where the batches of a trainer's loaders are gathered. None (auto):
+            on the trainer's device when it is not the CPU (tables and lists moved there once,
+            loaders yield index batches, :meth:`on_after_batch_transfer` gathers), in the
+            loaders' collate function on the CPU. True: on the trainer's device always (on the
+            CPU the batches are the same as the collate function's). False: in the collate
+            function always. Loaders iterated without a trainer always gather in the collate
+            function.
     """
 
     def __init__(
@@ -182,6 +258,7 @@ class XMRDataModule(L.LightningDataModule):
         max_lists: int | None = None,
         name: str | None = None,
         redraw_train_lists: bool = False,
+        gather_on_device: bool | None = None,
     ) -> None:
         super().__init__()
         if direction not in (*DIRECTIONS, "both"):
@@ -193,6 +270,9 @@ class XMRDataModule(L.LightningDataModule):
             )
         if not isinstance(redraw_train_lists, bool):
             raise ValueError(f"data.redraw_train_lists={redraw_train_lists!r}: true or false")
+        if gather_on_device is not None and not isinstance(gather_on_device, bool):
+            raise ValueError(f"data.gather_on_device={gather_on_device!r}: true, false or null")
+        self.gather_on_device = gather_on_device
         self.store_path = Path(store)
         self.mining = dict(mining) if mining else {}
         if lists_dir is None:
@@ -220,6 +300,11 @@ class XMRDataModule(L.LightningDataModule):
         # states to put into those built next (restore_train_order).
         self._train_generators: list[torch.Generator] = []
         self._pending_train_order: list[Tensor] | None = None
+        # Gathering on a device: the tables there (one copy per device) and, per (direction,
+        # split, device), the host gatherer a device gatherer was made from and that gatherer
+        # (rebuilt when the host one is replaced: re-drawn training lists).
+        self._device_tables: dict[torch.device, dict[str, Tensor]] = {}
+        self._device_gatherers: dict[tuple[str, str, torch.device], tuple[Any, Any]] = {}
 
     # -- preparation --------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -362,9 +447,33 @@ class XMRDataModule(L.LightningDataModule):
         return max(-(-self.num_lists(d, "train") // self.batch_size) for d in self.directions)
 
     # -- loaders -------------------------------------------------------------------------------
-    def gatherer(self, direction: str, split: str) -> PairGatherer:
-        """The batch gatherer of ``(direction, split)`` (after :meth:`setup`)."""
+    def gatherer(
+        self, direction: str, split: str, device: torch.device | str | None = None
+    ) -> PairGatherer:
+        """The batch gatherer of ``(direction, split)`` (after :meth:`setup`); with ``device``,
+        its copy with tables and lists on that device (:meth:`on_device`)."""
+        if device is not None:
+            return self.on_device(direction, split, device)
         return self._gatherers[(direction, split)]
+
+    def _device_gathering(self) -> torch.device | None:
+        """The device this module's loaders leave the gathering to (they then yield index
+        batches), or None: their collate function gathers. See ``gather_on_device``."""
+        trainer = self.trainer
+        if trainer is None or self.gather_on_device is False:
+            return None
+        device = trainer.strategy.root_device
+        if self.gather_on_device is None and device.type == "cpu":
+            return None
+        return device
+
+    def _collate(self, direction: str, split: str, gather: Any) -> dict[str, Any]:
+        """DataLoader options of a loader of ``(direction, split)`` whose collate function is
+        ``gather`` on the host: that, or index batches (pinned for a CUDA device)."""
+        device = self._device_gathering()
+        if device is None:
+            return {"collate_fn": gather}
+        return {"collate_fn": IndexCollate(direction, split), "pin_memory": device.type == "cuda"}
 
     def _loader(
         self, direction: str, split: str, shuffle: bool, epoch: int | None = None
@@ -394,9 +503,9 @@ class XMRDataModule(L.LightningDataModule):
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             shuffle=shuffle,
             generator=generator,
-            collate_fn=gather,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            **self._collate(direction, split, gather),
         )
 
     # -- pairs (pairwise baselines) -----------------------------------------------------------
@@ -418,12 +527,58 @@ class XMRDataModule(L.LightningDataModule):
             torch.from_numpy(np.asarray(self.store.text_image, dtype=np.int64)),
         )
 
-    def iter_train_pairs(self, chunk: int = 4096) -> Iterator[tuple[Tensor, Tensor]]:
-        """All train pairs in order, as ``(image (C, D_img), text (C, D_txt))`` chunks."""
-        gather = self._train_pairs()
+    def iter_train_pairs(
+        self, chunk: int = 4096, device: torch.device | str | None = None
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """All train pairs in order, as ``(image (C, D_img), text (C, D_txt))`` chunks, gathered
+        on ``device`` (None: the CPU) from the tables there."""
+        gather = self._train_pairs() if device is None else self.on_device(PAIRS, PAIRS, device)
+        index = torch.arange(len(gather), device=gather.text_ids.device)
         for s in range(0, len(gather), chunk):
-            b = gather(list(range(s, min(s + chunk, len(gather)))))
+            b = gather(index[s : s + chunk])
             yield b["image"], b["text"]
+
+    # -- gathering on the device --------------------------------------------------------------
+    def on_device(self, direction: str, split: str, device: torch.device | str) -> Any:
+        """The gatherer of ``(direction, split)`` (``(PAIRS, PAIRS)``: the train pairs'
+        :class:`TrainPairGatherer`) with its tables and lists on ``device``, made once per run
+        (per epoch for re-drawn training lists); the tables are copied to a device once and
+        shared by its gatherers. On the CPU it shares the host gatherer's tensors."""
+        if self.store is None:
+            raise RuntimeError("call setup() first")
+        device = torch.device(device)
+        if device not in self._device_tables:
+            self._device_tables[device] = {k: t.to(device) for k, t in self._tables.items()}
+        tables = self._device_tables[device]
+        key = (direction, split, device)
+        if split == PAIRS:
+            cached = self._device_gatherers.get(key)
+            if cached is None:
+                gather = self._train_pairs().to(device, tables["image"], tables["text"])
+                self._device_gatherers[key] = cached = (None, gather)
+            return cached[1]
+        host = self._gatherers[(direction, split)]
+        cached = self._device_gatherers.get(key)
+        if cached is None or cached[0] is not host:
+            qt, ct = ("text", "image") if direction == "t2i" else ("image", "text")
+            cached = (host, host.to(device, tables[qt], tables[ct]))
+            self._device_gatherers[key] = cached
+        return cached[1]
+
+    def gather_batch(self, batch: Any) -> Any:
+        """The feature batch of an index batch (:class:`IndexCollate`), gathered on the device
+        its ``index`` is on; a dict of index batches (``direction: both``) gathers each. Any
+        other batch is returned as is."""
+        if is_index_batch(batch):
+            gather = self.on_device(batch["direction"], batch["split"], batch["index"].device)
+            return gather(batch["index"])
+        if isinstance(batch, Mapping) and batch and all(map(is_index_batch, batch.values())):
+            return {k: self.gather_batch(v) for k, v in batch.items()}
+        return batch
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Lightning's hook after a batch reached the device: gather index batches there."""
+        return self.gather_batch(batch)
 
     def train_dataloader(self) -> CombinedLoader | DataLoader:
         if self.pair_batch_size is not None:
@@ -434,9 +589,9 @@ class XMRDataModule(L.LightningDataModule):
                 batch_size=self.pair_batch_size,
                 shuffle=True,
                 drop_last=len(gather) > self.pair_batch_size,
-                collate_fn=gather,
                 num_workers=self.num_workers,
                 persistent_workers=self.num_workers > 0,
+                **self._collate(PAIRS, PAIRS, gather),
             )
         if self.redraws_train_lists:
             # Rebuilt every epoch: the lists and the order of epoch e are functions of the

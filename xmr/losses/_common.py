@@ -11,6 +11,11 @@ True = real candidate) and returns a scalar. The conventions fixed here hold for
   (label > 0); lists without any positive are **skipped** (left out of numerator and denominator).
   If no list of the batch is valid, the loss is an exact 0 that is still attached to the graph,
   so ``backward()`` works and gives zero gradients.
+* **Precision.** Each loss's ``forward`` is wrapped in
+  :func:`xmr.utils.precision.full_precision`: under autocast (``trainer.precision=bf16-mixed`` /
+  ``16-mixed``) its scores arrive in bfloat16 / float16 and everything inside runs in float32,
+  Sinkhorn scaling included (autocast would otherwise take ``einsum``/``bmm``, and on the CPU
+  ``softmax``/``exp``/sums, to the lower precision). :func:`prepare` promotes the inputs too.
 * **Ranks and DCG** come from :mod:`xmr.metrics.ranking`, the one definition of xmr: the
   pessimistic order (a relevant item tied with a less relevant one ranks below it, so a constant
   scorer never looks good and pair weights are non-zero even when all scores are equal, e.g. at

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from xmr.losses._common import check_cutoff, check_positive, has_positive, mean_over_lists, prepare
 from xmr.metrics.ranking import dcg_discounts, dcg_gains, ideal_dcg
+from xmr.utils.precision import full_precision
 
 
 class ApproxNDCGLoss(nn.Module):
@@ -43,6 +44,7 @@ class ApproxNDCGLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, k={self.k}"
 
+    @full_precision
     def forward(self, scores: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
         """``-mean ApproxNDCG`` of ``scores (B, L)``, ``labels (B, L)``, ``mask (B, L)``."""
         s, y = prepare(type(self).__name__, scores, labels, mask)  # (B, L) each

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from xmr.losses._common import check_cutoff, check_positive, has_positive, mean_over_lists, prepare
 from xmr.metrics.ranking import dcg_discounts, dcg_gains, ideal_dcg, pessimistic_ranks
+from xmr.utils.precision import full_precision
 
 Weighting = Literal["lambdarank", "ndcg2", "ndcg2pp"]
 WEIGHTINGS: tuple[str, ...] = ("lambdarank", "ndcg2", "ndcg2pp")
@@ -96,6 +97,7 @@ class LambdaLoss(nn.Module):
             weights = weights + scale * g_diff * delta
         return weights  # type: ignore[return-value]
 
+    @full_precision
     def forward(self, scores: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
         """Loss of ``scores (B, L)`` against ``labels (B, L)`` over real items ``mask (B, L)``."""
         s, y = prepare(type(self).__name__, scores, labels, mask)  # (B, L) each

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from xmr.losses._common import has_positive, mean_over_lists, prepare
+from xmr.utils.precision import full_precision
 
 
 class ListMLELoss(nn.Module):
@@ -33,6 +34,7 @@ class ListMLELoss(nn.Module):
     Shapes: ``scores``, ``labels``, ``mask`` ``(B, L)``; returns a scalar. Memory ``O(B L^2)``.
     """
 
+    @full_precision
     def forward(self, scores: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
         """Loss of ``scores (B, L)`` against ``labels (B, L)`` over real items ``mask (B, L)``."""
         s, y = prepare(type(self).__name__, scores, labels, mask)  # (B, L) each

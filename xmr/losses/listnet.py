@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from xmr.losses._common import has_positive, mean_over_lists, prepare
+from xmr.utils.precision import full_precision
 
 Target = Literal["normalized", "softmax"]
 TARGETS: tuple[str, ...] = ("normalized", "softmax")
@@ -56,6 +57,7 @@ class ListNetLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"target={self.target!r}"
 
+    @full_precision
     def forward(self, scores: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
         """Loss of ``scores (B, L)`` against ``labels (B, L)`` over real items ``mask (B, L)``."""
         s, y = prepare(type(self).__name__, scores, labels, mask)  # (B, L) each

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from xmr.losses._common import check_cutoff, check_positive, has_positive, mean_over_lists, prepare
 from xmr.metrics.ranking import dcg_discounts, dcg_gains, ideal_dcg
+from xmr.utils.precision import full_precision
 
 
 def neural_sort(scores: Tensor, mask: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
@@ -190,6 +191,7 @@ class _Sinkhorn(torch.autograd.Function):
         return dK, None, None, None, None, None
 
 
+@full_precision
 def sinkhorn(
     matrix: Tensor,
     row_real: Tensor,
@@ -211,7 +213,7 @@ def sinkhorn(
     The backward is written by hand (:class:`_Sinkhorn`; equal to autograd of
     :func:`sinkhorn_reference` up to float rounding, ``tests/test_losses.py``); under
     ``torch.vmap`` (the vectorised ensemble's per-member losses) the vmapped lists fold into
-    one call.
+    one call. Under autocast it runs in float32 (:func:`xmr.utils.precision.full_precision`).
     """
     if last not in ("rows", "columns"):
         raise ValueError(f"sinkhorn: last must be 'rows' or 'columns', got {last!r}")
@@ -248,6 +250,7 @@ class _NeuralNDCGBase(nn.Module):
         """``(B,)`` relaxed DCG from ``perm (B, L, L)``, ``gain (B, L)``, ``discount (L,)``."""
         raise NotImplementedError
 
+    @full_precision
     def forward(self, scores: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
         """``-mean NeuralNDCG@k`` of ``scores (B, L)``, ``labels (B, L)``, ``mask (B, L)``."""
         s, y = prepare(type(self).__name__, scores, labels, mask)  # (B, L) each

@@ -12,6 +12,7 @@ batch of B (image, caption) pairs.
 
 In-batch positives: pairs i and j are positives of each other when they show the same image
 (:func:`same_image`), so another caption of the anchor's image is never taken as a negative.
+The losses run in float32 under autocast (:func:`xmr.utils.precision.full_precision`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from xmr.utils.precision import full_precision
 
 __all__ = [
     "cmpc_loss",
@@ -38,6 +41,7 @@ def same_image(image_ids: Tensor) -> Tensor:
     return image_ids[:, None] == image_ids[None, :]
 
 
+@full_precision
 def dcca_correlation(h1: Tensor, h2: Tensor, r1: float = 1e-3, r2: float = 1e-3) -> Tensor:
     """Total canonical correlation of two views (Andrew et al. 2013, "Deep Canonical Correlation
     Analysis", eq. 10): the trace norm ``||T||_tr`` of ``T = S11^-1/2 S12 S22^-1/2``.
@@ -105,6 +109,7 @@ def cmpm_label_distribution(image_ids: Tensor, norm: str = "l1") -> Tensor:
     raise ValueError(f"model.net.label_norm={norm!r}: one of l1 (paper), l2 (released code)")
 
 
+@full_precision
 def cmpm_loss(
     image_emb: Tensor, text_emb: Tensor, image_ids: Tensor, norm: str = "l1", eps: float = 1e-8
 ) -> Tensor:
@@ -125,6 +130,7 @@ def cmpm_loss(
     return kl(i2t) + kl(t2i)
 
 
+@full_precision
 def cmpc_loss(image_emb: Tensor, text_emb: Tensor, image_ids: Tensor, weight: Tensor) -> Tensor:
     """Cross-Modal Projection Classification loss (Zhang & Lu 2018, eqs. 6-8): a norm-softmax
     classifier (columns of ``weight (E, C)`` L2-normalised, no bias) over image ids, applied to
@@ -138,6 +144,7 @@ def cmpc_loss(image_emb: Tensor, text_emb: Tensor, image_ids: Tensor, weight: Te
     )
 
 
+@full_precision
 def max_violation_hinge(sim: Tensor, positive: Tensor, margin: float = 0.2) -> Tensor:
     """VSE++ loss (Faghri et al. 2018, eq. 5): hinge triplet loss on the hardest in-batch negative.
 
@@ -158,6 +165,7 @@ def max_violation_hinge(sim: Tensor, positive: Tensor, margin: float = 0.2) -> T
     return cost_caption.max(dim=1).values.mean() + cost_image.max(dim=0).values.mean()
 
 
+@full_precision
 def symmetric_infonce(logits: Tensor, positive: Tensor) -> Tensor:
     """Symmetric InfoNCE (CLIP, Radford et al. 2021): mean of the image→caption and
     caption→image cross-entropies of ``logits (B, B)`` (``logits[i, j]`` = scaled similarity of

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xmr.losses._common import check_positive, mean_over_lists, prepare
+from xmr.utils.precision import full_precision
 
 
 class PointwiseBCELoss(nn.Module):
@@ -33,6 +34,7 @@ class PointwiseBCELoss(nn.Module):
     def extra_repr(self) -> str:
         return f"pos_weight={self.pos_weight}"
 
+    @full_precision
     def forward(self, scores: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
         """Loss of ``scores (B, L)`` against ``labels (B, L)`` over real items ``mask (B, L)``."""
         s, y = prepare(type(self).__name__, scores, labels, mask)  # (B, L) each

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xmr.losses._common import check_positive, has_positive, mean_over_lists, pair_mask, prepare
+from xmr.utils.precision import full_precision
 
 
 class RankNetLoss(nn.Module):
@@ -34,6 +35,7 @@ class RankNetLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"sigma={self.sigma}"
 
+    @full_precision
     def forward(self, scores: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
         """Loss of ``scores (B, L)`` against ``labels (B, L)`` over real items ``mask (B, L)``."""
         s, y = prepare(type(self).__name__, scores, labels, mask)  # (B, L) each

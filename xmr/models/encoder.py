@@ -47,13 +47,14 @@ def _lanes(count: int, device: torch.device | None = None) -> Tensor:
     return words.view(torch.int16)[:count]  # uniform over [-32768, 32767]
 
 
-def _keep_from_lanes(lanes: Tensor, drop: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    """The keep mask (1 or 0) of ``lanes``: lanes below ``t = drop - 32768`` are dropped.
+def _keep_from_lanes(lanes: Tensor, drop: int) -> Tensor:
+    """The float32 keep mask (1 or 0) of ``lanes``: lanes below ``t = drop - 32768`` are dropped.
 
     Float arithmetic instead of a bool compare + cast (2-5x slower on the CPU): lanes are
-    integers (exact in float32), so ``lanes - (t - 1)`` is >= 1 when kept and <= 0 when dropped.
+    integers (exact in float32, not in bfloat16 or float16), so ``lanes - (t - 1)`` is >= 1 when
+    kept and <= 0 when dropped.
     """
-    return lanes.to(dtype).sub_(drop - _LEVELS // 2 - 1).clamp_(0.0, 1.0)
+    return lanes.to(torch.float32).sub_(drop - _LEVELS // 2 - 1).clamp_(0.0, 1.0)
 
 
 def keep_mask(
@@ -145,7 +146,9 @@ class _HeadAttention(torch.autograd.Function):
             else:
                 w = torch.baddbmm(bias[b], q[b], kt, alpha=alpha)
             w = torch.softmax(w, -1)  # (block, L, L)
-            m = _keep_from_lanes(lanes[b], drop, qkv.dtype)  # as keep_mask
+            # as keep_mask; the threshold compared in float32 (int16 lanes are exact there, not
+            # in bfloat16 under autocast), the 0/1 mask then in qkv's dtype (a no-op in float32)
+            m = _keep_from_lanes(lanes[b], drop).to(qkv.dtype)
             torch.bmm(w * m, v[b], out=out[b])
             saved += [w, m]
         ctx.heads, ctx.alpha = heads, alpha

@@ -15,6 +15,10 @@ garbage weights. On the CPU in one process the loss is checked after every batch
 an accelerator or under DDP a device-side flag is read every :data:`FINITE_CHECK_EVERY` batches
 and at the last batch of each epoch (no host synchronisation per step; under DDP every rank stops
 together).
+
+Precision (``trainer.precision``, :mod:`xmr.utils.precision`): training steps run under
+Lightning's autocast (``bf16-mixed``, ``16-mixed``), with the losses and the rankers' score heads
+in float32; validation and test steps always run in float32.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from torch import Tensor, nn
 from xmr.data.datamodule import pair_features
 from xmr.metrics.ranking import RSUM_KS, pessimistic_order, rsum
 from xmr.metrics.retrieval import ListRetrievalMetrics
+from xmr.utils.precision import autocast_off
 
 #: Batches between reads of the device-side non-finite-loss flag on an accelerator or under DDP
 #: (and at the last batch of every epoch); on the CPU in one process every batch is checked.
@@ -279,14 +284,19 @@ class RankingModule(L.LightningModule):
             return
         was_training = self.pair_model.training
         self.pair_model.eval()
-        self.pair_model.calibrate(
-            (img.to(self.device), txt.to(self.device)) for img, txt in dm.iter_train_pairs()
-        )
+        self.pair_model.calibrate(dm.iter_train_pairs(device=self.device))
         self.pair_model.train(was_training)
         self._pair_model_stale = False
 
     # -- evaluation ----------------------------------------------------------------------------
     def _eval_step(self, stage: str, batch: Mapping[str, Any]) -> None:
+        # Evaluation in float32 whatever trainer.precision (Lightning autocasts validation and
+        # test steps too): the metrics, predictions files and a later `xmr eval` of the
+        # checkpoint then agree, and no score ties only because it was rounded to 16 bits.
+        with autocast_off(self.device):
+            self._evaluate(stage, batch)
+
+    def _evaluate(self, stage: str, batch: Mapping[str, Any]) -> None:
         direction = batch["direction"]
         scores = self.score(batch)
         labels, mask = batch["labels"], batch["mask"]

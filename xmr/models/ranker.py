@@ -19,6 +19,7 @@ from xmr.metrics.full_gallery import cosine_gallery_scores
 from xmr.models.encoder import encode, list_encoder
 from xmr.models.scorer import ScorerKind, Scorers, constructor_options
 from xmr.utils.instantiate import ConfigError
+from xmr.utils.precision import float32_linear, full_precision
 
 #: The activations of the FC block and the Transformer encoder layers (which support only these).
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
@@ -26,9 +27,11 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
 INTERACTIONS: tuple[str, ...] = ("cosine", "product", "absdiff")
 
 
+@full_precision
 def list_cosine(q: Tensor, c: Tensor) -> Tensor:
     """Cosine of each query ``(B, D)`` with its candidates ``(B, L, D)``: ``(B, L)`` float32 (the
-    first stage of the lists; an all-zero padded candidate gives 0)."""
+    first stage of the lists; an all-zero padded candidate gives 0), in float32 under autocast
+    too."""
     qn = nn.functional.normalize(q.float(), dim=-1)  # (B, D)
     cn = nn.functional.normalize(c.float(), dim=-1)  # (B, L, D)
     return torch.einsum("bd,bld->bl", qn, cn)
@@ -193,7 +196,9 @@ class ContextAwareRanker(nn.Module, ScorerKind):
         h = self.input_rest(h)  # (B, L, H)
         if self.encoder is not None:
             h = encode(self.encoder, h, mask)  # (B, L, H): = self.encoder(h, ~mask), faster
-        scores = self.scorer(h).squeeze(-1)  # (B, L)
+        # The score head in float32 under autocast: bfloat16 scores would tie (and ties rank
+        # pessimistically); the losses take the scores in float32 (xmr.utils.precision).
+        scores = float32_linear(self.scorer, h).squeeze(-1)  # (B, L)
         return scores.masked_fill(~mask, 0.0)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:

@@ -35,6 +35,7 @@ from xmr.models.encoder import encode, list_encoder
 from xmr.models.ranker import list_cosine
 from xmr.models.scorer import ScorerKind, Scorers, constructor_options
 from xmr.utils.instantiate import ConfigError
+from xmr.utils.precision import float32_linear
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -178,7 +179,7 @@ class ResidualReranker(nn.Module, ScorerKind):
         h = self.mlp(feats)  # (B, L, H)
         if self.encoder is not None:
             h = encode(self.encoder, h, mask)  # (B, L, H)
-        g = self.out(h).squeeze(-1)  # (B, L)
+        g = float32_linear(self.out, h).squeeze(-1)  # (B, L), float32 under autocast too
         scores = self.scale * s0 + self.bilinear_weight * bilinear + g
         return scores.masked_fill(~mask, 0.0)
 

@@ -189,6 +189,12 @@ RERUN_NEUTRAL_KEYS = (
 )
 
 
+#: Config keys added after runs were recorded, each with the value a recorded config without it
+#: ran with: such a run and a config holding that value are the same job (a sweep rerun after the
+#: key appeared skips finished jobs instead of redoing them).
+ADDED_KEYS: dict[str, Any] = {"trainer.precision": "32-true"}
+
+
 def flatten_config(node: Any, prefix: str = "") -> dict[str, Any]:
     """A nested config as ``{"dotted.key": leaf}``."""
     if isinstance(node, dict):
@@ -201,6 +207,10 @@ def flatten_config(node: Any, prefix: str = "") -> dict[str, Any]:
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     flat = flatten_config(config)
+    for key, value in ADDED_KEYS.items():
+        group = key.rpartition(".")[0]
+        if any(k.startswith(group + ".") for k in flat):  # a config with the key's group
+            flat.setdefault(key, value)
     return {
         k: v
         for k, v in flat.items()

@@ -25,6 +25,7 @@ from xmr.metrics.ranking import RSUM_KS
 from xmr.models.module import validation_keys
 from xmr.models.scorer import scorer_kind
 from xmr.utils.instantiate import ConfigError, check_targets
+from xmr.utils.precision import check_precision
 
 
 def _positive_int(cfg: DictConfig, key: str, value: Any, minimum: int = 1) -> None:
@@ -100,6 +101,10 @@ def validate_config(cfg: DictConfig) -> None:
     if not isinstance(cfg.get("flush_denormal", True), bool):
         raise ConfigError(f"flush_denormal={cfg.get('flush_denormal')!r}: must be true or false")
     _positive_int(cfg, "trainer.max_epochs", cfg.trainer.get("max_epochs", 1))
+    precision = cfg.trainer.get("precision", "32-true")
+    problem = check_precision(precision, cfg.trainer.get("accelerator", "auto"))
+    if problem is not None:
+        raise ConfigError(f"trainer.precision={precision!r}: {problem}")
     lr = cfg.get("optimizer", {}).get("lr", 1e-3) if cfg.get("optimizer") else 1e-3
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
         raise ConfigError(f"optimizer.lr={lr!r}: must be a finite number > 0")
