@@ -237,11 +237,19 @@ show(markdown_table(EXAMPLES_HEAD, examples) if examples else "No query fixed or
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 4))
-for name, runs in report.histories.items():
+for i, (name, runs) in enumerate(report.histories.items()):
+    color = f"C{i % 10}"  # one colour per method, all its seeds; the legend counts them
+    label = f"{name} ({len(runs)} seed{'s' if len(runs) != 1 else ''})"
     for k, records in enumerate(runs):
         points = sorted((r["epoch"], r["val/rsum"]) for r in records if "val/rsum" in r)
         if points:
-            ax.plot(*zip(*points, strict=True), "o-", alpha=0.6, label=name if k == 0 else None)
+            ax.plot(
+                *zip(*points, strict=True),
+                "o-",
+                color=color,
+                alpha=0.6,
+                label=label if k == 0 else None,
+            )
 ax.set_xlabel("epoch")
 ax.set_ylabel("val/rsum")
 ax.legend(fontsize=8)
