@@ -7,7 +7,6 @@ Every test name holds ``cuda`` so that ``-k cuda`` selects them all.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from _compose import make_cfg, tiny_overrides
+from _run_outputs import scores_by_pair, train_losses
 
 from xmr.data.datamodule import XMRDataModule, is_index_batch
 from xmr.data.store import FeatureStore
@@ -34,22 +34,6 @@ PRECISIONS = [
     pytest.param("bf16-mixed", marks=pytest.mark.skipif(not _bf16(), reason="no native bfloat16")),
     "16-mixed",
 ]
-
-
-def _train_losses(run: Path) -> list[float]:
-    """The training losses ``metrics.jsonl`` holds (``train/...`` of every record, in order)."""
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    losses = [v for r in records for k, v in sorted(r.items()) if k.startswith("train/")]
-    assert losses
-    return losses
-
-
-def _scores_by_pair(path: Path) -> np.ndarray:
-    with np.load(path) as z:
-        order = np.argsort(z["candidates"], axis=1, kind="stable")
-        scores = np.take_along_axis(z["scores"], order, 1)
-        real = np.take_along_axis(z["candidates"], order, 1) >= 0
-        return scores[real]
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -93,12 +77,12 @@ def test_cuda_mixed_precision_train_end_to_end(
     for d in ("t2i", "i2t"):
         key = f"test/{d}/loss"
         assert abs(got[key] - want[key]) <= 2e-2 * abs(want[key]), (key, got[key], want[key])
-    pairs = zip(_train_losses(tmp_path / "fp32"), _train_losses(tmp_path / "amp"), strict=True)
+    pairs = zip(train_losses(tmp_path / "fp32"), train_losses(tmp_path / "amp"), strict=True)
     for a, b in pairs:
         assert abs(a - b) <= 2e-2 * abs(a), (a, b)
     for d in ("t2i", "i2t"):
-        s32 = _scores_by_pair(tmp_path / "fp32" / f"predictions_{d}.npz")
-        s16 = _scores_by_pair(tmp_path / "amp" / f"predictions_{d}.npz")
+        s32 = scores_by_pair(tmp_path / "fp32" / f"predictions_{d}.npz")
+        s16 = scores_by_pair(tmp_path / "amp" / f"predictions_{d}.npz")
         assert np.corrcoef(s32, s16)[0, 1] >= 0.95
 
 
@@ -117,7 +101,7 @@ def test_cuda_mixed_precision_with_dropout_finishes_finite(
     got = train(make_cfg(tmp_path, over))
     values = {k: v for k, v in got.items() if k.startswith(("test/", "test_full/"))}
     assert values and all(math.isfinite(v) for v in values.values())
-    assert all(math.isfinite(v) for v in _train_losses(tmp_path / "run"))
+    assert all(math.isfinite(v) for v in train_losses(tmp_path / "run"))
 
 
 def _run_counting_host_to_device(tiny_store: Path, tmp: Path, epochs: int, monkeypatch):

@@ -7,7 +7,6 @@ encoder's in tests/test_encoder.py; the GPU runs (bf16-mixed, 16-mixed) in tests
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from _compose import make_cfg, tiny_overrides
+from _run_outputs import scores_by_pair, train_losses
 from omegaconf import OmegaConf
 
 from xmr.models.module import RankingModule
@@ -113,30 +113,10 @@ def test_bf16_mixed_run_on_the_cpu_is_close_to_float32(
     for d in ("t2i", "i2t"):
         key = f"test/{d}/loss"
         assert abs(got[key] - want[key]) <= 1e-2 * abs(want[key]), (key, got[key], want[key])
-    for a, b in zip(
-        _train_losses(tmp_path / "fp32"), _train_losses(tmp_path / "bf16"), strict=True
-    ):
+    for a, b in zip(train_losses(tmp_path / "fp32"), train_losses(tmp_path / "bf16"), strict=True):
         assert abs(a - b) <= 1e-2 * abs(a), (a, b)
     for d in ("t2i", "i2t"):
         s32, s16 = (
-            _scores_by_pair(tmp_path / run / f"predictions_{d}.npz") for run in ("fp32", "bf16")
+            scores_by_pair(tmp_path / run / f"predictions_{d}.npz") for run in ("fp32", "bf16")
         )
         assert np.corrcoef(s32, s16)[0, 1] >= 0.98
-
-
-def _train_losses(run: Path) -> list[float]:
-    """The training losses ``metrics.jsonl`` holds (``train/...`` of every record, in order)."""
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    losses = [v for r in records for k, v in sorted(r.items()) if k.startswith("train/")]
-    assert losses
-    return losses
-
-
-def _scores_by_pair(path: Path) -> np.ndarray:
-    """The real candidates' scores of a predictions file, each list in candidate-id order (the
-    lists come in the same order in every run)."""
-    with np.load(path) as z:
-        order = np.argsort(z["candidates"], axis=1, kind="stable")
-        scores = np.take_along_axis(z["scores"], order, 1)
-        real = np.take_along_axis(z["candidates"], order, 1) >= 0
-        return scores[real]
