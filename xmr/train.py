@@ -130,7 +130,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     started = utc_now()  # provenance.started of the records
     try:
         with torch_runtime(cfg):
-            return _train(cfg, published, started)
+            return _train(cfg, out, published, started)
     except KeyboardInterrupt as exc:
         raise Interrupted(resume_hint(out)) from exc
     except Exception as exc:
@@ -144,9 +144,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             lock.release()
 
 
-def _train(cfg: DictConfig, published: list[Path], started: str) -> dict[str, Any]:
+def _train(cfg: DictConfig, out: Path, published: list[Path], started: str) -> dict[str, Any]:
     validate_config(cfg)
-    out = output_dir_of(cfg)
     done = finished_results(out, cfg)
     if done is not None:  # a sweep rerun: this job already finished with the same config
         log.info("%s: already finished (results.json present); skipping", out)

@@ -50,8 +50,7 @@ class MetricsHistoryCallback(L.Callback):
             "step": int(trainer.global_step),
             **values,
         }
-        with no_space_reported(self.path):
-            append_record(self.path, record)
+        append_record(self.path, record)
         shown = metrics_line(
             {
                 k: v
@@ -76,8 +75,12 @@ class MetricsHistoryCallback(L.Callback):
 
 def read_history(path: str | Path) -> list[dict]:
     """Records of a ``metrics.jsonl``; a torn last line (killed run) is skipped."""
+    return _parse_history(Path(path).read_text(encoding="utf-8"))
+
+
+def _parse_history(text: str) -> list[dict]:
     records = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
@@ -99,11 +102,12 @@ def append_record(path: Path, record: dict) -> None:
     atomically without the superseded records (and a torn last line)."""
     line = json.dumps(record) + "\n"
     text = path.read_text(encoding="utf-8") if path.is_file() else ""
-    earlier = read_history(path) if text else []
+    earlier = _parse_history(text)
     kept = [r for r in earlier if not _superseded(r, record)]
     if len(kept) == len(earlier) and (not text or text.endswith("\n")):
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as fh:
+        # the atomic rewrite below names a full disk itself (xmr.utils.io.atomic_write)
+        with no_space_reported(path), open(path, "a", encoding="utf-8") as fh:
             fh.write(line)
         return
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept) + line)
